@@ -1,0 +1,104 @@
+"""Building blocks shared by CHEAF and PSALM: efficient attention, split 1×1 convs, projections.
+
+Both modules run in whatever memory layout they are given; on CPU, channels-last is several times
+faster for depthwise convolutions (oneDNN), and the token views used by attention are free in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def to_tokens(x: Tensor) -> Tensor:
+    """(B, C, H, W) → (B, H·W, C); free (a view) for channels-last tensors."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
+def from_tokens(t: Tensor, h: int, w: int) -> Tensor:
+    """(B, H·W, C) → (B, C, H, W) in channels-last memory layout (a view)."""
+    b, _, c = t.shape
+    return t.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def efficient_attention(
+    q: Tensor, k: Tensor, v: Tensor, num_heads: int, value_weights: Tensor | None = None
+) -> Tensor:
+    """Efficient attention (Shen et al., 2021): context = softmax_N(K)ᵀ V, linear in positions.
+
+    q, k, v: (B, N, C) tokens. Queries are normalised over channels within a head, keys over
+    positions. value_weights: optional (B, C) scaling of the context's value columns (PSALM's
+    support modulation). Returns (B, N, C).
+    """
+    b, n, c = q.shape
+    d = c // num_heads
+    q = q.reshape(b, n, num_heads, d).softmax(dim=3)  # (B, N, h, d)
+    k = k.reshape(b, n, num_heads, d).softmax(dim=1)  # (B, N, h, d)
+    v = v.reshape(b, n, num_heads, d)  # (B, N, h, d)
+    context = torch.einsum("bnhd,bnhe->bhde", k, v)  # (B, h, d_k, d_v)
+    if value_weights is not None:
+        context = context * value_weights.reshape(b, num_heads, 1, d)
+    return torch.einsum("bnhd,bhde->bnhe", q, context).reshape(b, n, c)
+
+
+class SplitPointwise(nn.Module):
+    """A 1×1 conv over the channel concatenation of several inputs, without building the concat.
+
+    ``conv([a; b])`` equals ``conv_a(a) + conv_b(b)``; the parameters are the same, the memory
+    traffic of the concatenation is saved. Inputs of spatial size 1×1 (a pooled support vector
+    as ``(B, C, 1, 1)``) broadcast over the others.
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(
+            nn.Conv2d(c, out_channels, 1, bias=(i == 0)) for i, c in enumerate(in_channels)
+        )
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        out = self.parts[0](inputs[0])
+        for conv, x in zip(self.parts[1:], inputs[1:], strict=True):
+            out = out + conv(x)
+        return out
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm, 8 channels a group: independent of batch size, the same in train and eval."""
+    return nn.GroupNorm(max(1, channels // 8), channels)
+
+
+class DepthwiseSeparable(nn.Module):
+    """3×3 depthwise conv, then a 1×1 projection to ``out_channels`` and GroupNorm."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels)
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
+        self.norm = group_norm(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.pointwise(self.depthwise(x)))
+
+
+def upsample_to(x: Tensor, like: Tensor) -> Tensor:
+    """Nearest-neighbour upsampling of x to like's spatial size."""
+    return F.interpolate(x, size=like.shape[-2:], mode="nearest")
+
+
+class ResidualTracer:
+    """Records which residual connections (R1, R2, …) a forward pass actually executed.
+
+    The benchmark reports the number of distinct residual kinds from this trace rather than from
+    a hand-written constant, so an ablation that removes a stage also removes its residual.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def add(self, tag: str, x: Tensor, skip: Tensor) -> Tensor:
+        self.seen.add(tag)
+        return x + skip

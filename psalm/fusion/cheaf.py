@@ -1,0 +1,264 @@
+"""CHEAF: the older fusion module PSALM replaces, built to the report's drawing.
+
+``PSALM_Final_Report.md``, "CHEAF (Fragmented Sequential Design)":
+
+1. Per-scale fusion. Attention branch: the pooled support, projected to the query's width, is
+   concatenated to every query position; Q, K, V come from that concatenation; efficient attention;
+   an output projection; "concat & process" (the attention output concatenated with the query,
+   projected back); R1 adds the query. Parallel short-long convolution branch (5×5 depthwise +
+   7×7 depthwise) on the query. Branch fusion: the two branches concatenated, a 3×3 depthwise
+   conv, a channel shuffle and a grouped 1×1 projection; R2 adds the query.
+
+Concatenations followed by a 1×1 conv are computed as sums of per-part 1×1 convs (same
+parameters, same function, no concatenated tensor in memory), so that CHEAF is measured at its
+best, not handicapped by avoidable copies.
+2. Pyramid refinement: top-down (1×1 lateral, sigmoid gate over [fine, coarse]) and bottom-up
+   (depthwise stride-2 + 1×1, sigmoid gate), then per level channel (squeeze-excite) and spatial
+   attention and a depthwise-separable smoothing conv; R3 adds the stage's input.
+3. Output projection: depthwise-separable to ``out_channels``; R4 adds the query through a
+   grouped 1×1 residual projector.
+
+Unlike a public implementation that stacks support along the batch axis and slices it away,
+here the support reaches every output: it enters Q, K and V of every scale.
+``support_features=None`` zeroes the support half of the concatenation (the projected support is
+replaced by zeros); everything else runs unchanged.
+
+Without the short-long branch (``use_short_long_conv=False``) there is nothing to fuse: the branch
+fusion layer and its residual R2 go too, and the attention branch's output is used directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from psalm.fusion._inputs import (
+    as_level_list,
+    check_channel_config,
+    check_query,
+    count_params,
+    pool_support,
+    restore_format,
+)
+from psalm.fusion._layers import (
+    DepthwiseSeparable,
+    ResidualTracer,
+    SplitPointwise,
+    efficient_attention,
+    from_tokens,
+    group_norm,
+    to_tokens,
+    upsample_to,
+)
+
+
+class ConcatEfficientAttention(nn.Module):
+    """CHEAF's attention branch for one scale: Q, K, V from [query; support], then process."""
+
+    def __init__(self, channels: int, support_channels: int, num_heads: int) -> None:
+        super().__init__()
+        c = channels
+        self.num_heads = num_heads
+        self.support_proj = nn.Linear(support_channels, c)
+        self.qkv = SplitPointwise([c, c], 3 * c)  # Q, K, V from [x; support broadcast]
+        self.out = nn.Conv2d(c, c, 1)
+        self.process = SplitPointwise([c, c], c)  # "concat & process": [attention output; x]
+        self.process_norm = group_norm(c)
+
+    def forward(self, x: Tensor, support: Tensor | None) -> Tensor:
+        b, c, h, w = x.shape
+        # None removes the support signal only: its half of the concatenation becomes zeros
+        s = x.new_zeros(b, c) if support is None else self.support_proj(support)  # (B, C)
+        qkv = self.qkv(x, s[:, :, None, None])  # (B, 3C, H, W); support broadcast over positions
+        q, k, v = to_tokens(qkv).chunk(3, dim=2)  # 3 × (B, N, C)
+        attended = self.out(from_tokens(efficient_attention(q, k, v, self.num_heads), h, w))
+        return F.gelu(self.process_norm(self.process(attended, x)))
+
+
+class ShortLongConv(nn.Module):
+    """CHEAF's parallel convolution branch: 5×5 depthwise (short) + 7×7 depthwise (long).
+
+    The long kernel is not dilated: a dilated depthwise conv falls on a slow oneDNN path on CPU
+    (measured here: ~40× slower than an undilated 7×7), which would slow CHEAF for no reason.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c = channels
+        self.short = nn.Sequential(nn.Conv2d(c, c, 5, padding=2, groups=c), group_norm(c))
+        self.long = nn.Sequential(nn.Conv2d(c, c, 7, padding=3, groups=c), group_norm(c))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.short(x) + self.long(x))
+
+
+class BranchFusion(nn.Module):
+    """Fuses the attention and convolution branches: 3×3 depthwise, shuffle, grouped 1×1 (2 groups).
+
+    Equivalent to concatenating the branches, a depthwise conv, a channel shuffle and a 1×1 conv
+    in 2 groups; computed per branch so that the concatenation is never materialised: after the
+    shuffle, group g sees the g-th half of each branch.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c = channels
+        self.depthwise_att = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.depthwise_conv = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.pointwise_att = nn.Conv2d(c, c, 1, groups=2)
+        self.pointwise_conv = nn.Conv2d(c, c, 1, groups=2, bias=False)
+        self.norm = group_norm(c)
+
+    def forward(self, attended: Tensor, conv: Tensor) -> Tensor:
+        a = self.pointwise_att(self.depthwise_att(attended))
+        return self.norm(a + self.pointwise_conv(self.depthwise_conv(conv)))
+
+
+class PyramidRefinement(nn.Module):
+    """CHEAF's stage 2: gated top-down and bottom-up paths, channel/spatial attention, smoothing."""
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__()
+        n = len(channels)
+        self.lateral = nn.ModuleList(
+            nn.Conv2d(channels[i + 1], channels[i], 1) for i in range(n - 1)
+        )
+        self.td_gate = nn.ModuleList(
+            SplitPointwise([channels[i], channels[i]], channels[i]) for i in range(n - 1)
+        )
+        self.down = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(
+                    channels[i - 1], channels[i - 1], 3, stride=2, padding=1, groups=channels[i - 1]
+                ),
+                nn.Conv2d(channels[i - 1], channels[i], 1),
+            )
+            for i in range(1, n)
+        )
+        self.bu_gate = nn.ModuleList(
+            SplitPointwise([channels[i], channels[i]], channels[i]) for i in range(1, n)
+        )
+        self.channel_attention = nn.ModuleList(
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(c, c // 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(c // 2, c, 1),
+                nn.Sigmoid(),
+            )
+            for c in channels
+        )
+        self.spatial_attention = nn.ModuleList(nn.Conv2d(2, 1, 7, padding=3) for _ in channels)
+        self.smooth = nn.ModuleList(DepthwiseSeparable(c, c) for c in channels)
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        n = len(feats)
+        top_down = [None] * n
+        top_down[-1] = feats[-1]
+        for i in range(n - 2, -1, -1):
+            coarse = upsample_to(self.lateral[i](top_down[i + 1]), feats[i])
+            gate = torch.sigmoid(self.td_gate[i](feats[i], coarse))
+            top_down[i] = feats[i] + gate * coarse
+        merged = [top_down[0]]
+        for i in range(1, n):
+            fine = self.down[i - 1](merged[-1])
+            gate = torch.sigmoid(self.bu_gate[i - 1](top_down[i], fine))
+            merged.append(top_down[i] + gate * fine)
+        out = []
+        for i, x in enumerate(merged):
+            x = x * self.channel_attention[i](x)
+            pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+            x = x * torch.sigmoid(self.spatial_attention[i](pooled))
+            out.append(self.smooth[i](x))
+        return out
+
+
+class CHEAFFusionModule(nn.Module):
+    """CHEAF query–support fusion over a P2..P5 pyramid (the report's baseline).
+
+    ``forward(query_features, support_features)``: same contract as ``PSALMFusion``.
+    """
+
+    def __init__(
+        self,
+        query_channels: Sequence[int] = (32, 64, 128, 256),
+        support_channels: Sequence[int] = (32, 64, 128, 256),
+        out_channels: Sequence[int] = (128, 256, 512, 512),
+        num_heads: int = 4,
+        use_pyramid_refinement: bool = True,
+        use_short_long_conv: bool = True,
+    ) -> None:
+        super().__init__()
+        check_channel_config(query_channels, support_channels, out_channels, num_heads)
+        self.query_channels = list(query_channels)
+        self.support_channels = list(support_channels)
+        self.out_channels = list(out_channels)
+        self.use_pyramid_refinement = use_pyramid_refinement
+        self.use_short_long_conv = use_short_long_conv
+        pairs = list(zip(query_channels, support_channels, strict=True))
+        self.efficient_attentions = nn.ModuleList(
+            ConcatEfficientAttention(c, s, num_heads) for c, s in pairs
+        )
+        self.short_long_convs = (
+            nn.ModuleList(ShortLongConv(c) for c in query_channels) if use_short_long_conv else None
+        )
+        self.branch_fusion = (
+            nn.ModuleList(BranchFusion(c) for c in query_channels) if use_short_long_conv else None
+        )
+        self.pyramid_refinement = (
+            PyramidRefinement(query_channels) if use_pyramid_refinement else None
+        )
+        outs = list(zip(query_channels, out_channels, strict=True))
+        self.output_projectors = nn.ModuleList(DepthwiseSeparable(c, o) for c, o in outs)
+        # R4's projector is grouped (4 groups where the widths allow): the report's table gives
+        # CHEAF's residual projectors a third of the parameters of a full 1×1 projection
+        self.residual_projectors = nn.ModuleList(
+            nn.Conv2d(c, o, 1, groups=_residual_groups(c, o)) for c, o in outs
+        )
+        self.last_residuals: set[str] = set()
+
+    def forward(
+        self,
+        query_features: Sequence[Tensor] | Mapping[str, Tensor],
+        support_features: Sequence[Tensor] | Mapping[str, Tensor] | None = None,
+    ) -> list[Tensor] | dict[str, Tensor]:
+        query = as_level_list(query_features, "query_features")
+        check_query(query, self.query_channels)
+        support = pool_support(support_features, self.support_channels, query[0].shape[0])
+        trace = ResidualTracer()
+        fused = []
+        for i, x in enumerate(query):
+            s = None if support is None else support[i]
+            attended = trace.add("R1", self.efficient_attentions[i](x, s), x)
+            if self.short_long_convs is not None:
+                conv = self.short_long_convs[i](x)
+                attended = trace.add("R2", self.branch_fusion[i](attended, conv), x)
+            fused.append(attended)
+        if self.pyramid_refinement is not None:
+            refined = self.pyramid_refinement(fused)
+            fused = [trace.add("R3", r, f) for r, f in zip(refined, fused, strict=True)]
+        outputs = [
+            trace.add("R4", self.output_projectors[i](f), self.residual_projectors[i](x))
+            for i, (f, x) in enumerate(zip(fused, query, strict=True))
+        ]
+        self.last_residuals = trace.seen
+        return restore_format(outputs, query_features)
+
+    def param_breakdown(self) -> dict[str, int]:
+        """Parameters per component of the report's CHEAF table; the values sum to the total."""
+        return {
+            "efficient_attentions": count_params(self.efficient_attentions),
+            "short_long_convs": count_params(self.short_long_convs),
+            "branch_fusion": count_params(self.branch_fusion),
+            "pyramid_refinement": count_params(self.pyramid_refinement),
+            "output_projectors": count_params(self.output_projectors),
+            "residual_projectors": count_params(self.residual_projectors),
+        }
+
+
+def _residual_groups(in_channels: int, out_channels: int) -> int:
+    """The largest of 4, 2, 1 that divides both widths."""
+    return next(g for g in (4, 2, 1) if in_channels % g == 0 and out_channels % g == 0)

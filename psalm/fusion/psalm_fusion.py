@@ -1,0 +1,189 @@
+"""PSALM: Pyramid-guided Scale-Adaptive Linear Attention with Modulated support.
+
+Built to the report's drawing (``PSALM_Final_Report.md``, "PSALM (Unified Hierarchical Design)"):
+
+1. Pyramid enrichment first: top-down (coarse → fine, 1×1 lateral + depthwise smoothing) then
+   bottom-up (fine → coarse, depthwise stride-2 convs); no gates, no attention.
+2. Per scale, modulated attention: Q and K from a short-long depthwise convolution of the enriched
+   query (the CHELA-style local bias *inside* attention), V a 1×1 projection; efficient attention
+   (context = Kᵀ V); the context's value channels are scaled by ``2·σ(W·support)``; R1 adds the
+   enriched query back.
+3. Refinement: depthwise-separable projection to ``out_channels``; R2 adds the original query,
+   projected to ``out_channels`` by a 1×1 conv.
+
+Support modulation and ``support_features=None``: the weights are ``2·σ(logits)``, so a support
+whose logits are 0 leaves the context unchanged. ``None`` sets exactly that — neutral modulation:
+the attention, refinement and both residuals still run, only the support signal is removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from psalm.fusion._inputs import (
+    as_level_list,
+    check_channel_config,
+    check_query,
+    count_params,
+    pool_support,
+    restore_format,
+)
+from psalm.fusion._layers import (
+    DepthwiseSeparable,
+    ResidualTracer,
+    efficient_attention,
+    from_tokens,
+    to_tokens,
+    upsample_to,
+)
+
+
+class PyramidEnrichment(nn.Module):
+    """Lightweight top-down + bottom-up pass over P2..P5 (depthwise convs, no gates)."""
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__()
+        n = len(channels)
+        # top-down: level i receives level i+1 through a 1×1 lateral projection
+        self.lateral = nn.ModuleList(
+            nn.Conv2d(channels[i + 1], channels[i], 1) for i in range(n - 1)
+        )
+        self.smooth = nn.ModuleList(
+            nn.Conv2d(channels[i], channels[i], 3, padding=1, groups=channels[i])
+            for i in range(n - 1)
+        )
+        # bottom-up: level i receives level i-1 through a depthwise stride-2 conv whose channel
+        # multiplier widens C_{i-1} to C_i (each input channel feeds C_i / C_{i-1} outputs)
+        for i in range(1, n):
+            if channels[i] % channels[i - 1]:
+                raise ValueError(
+                    f"PSALM's depthwise bottom-up path needs each level's channels to be a "
+                    f"multiple of the previous level's; got {channels[i - 1]} → {channels[i]}"
+                )
+        self.down = nn.ModuleList(
+            nn.Conv2d(channels[i - 1], channels[i], 3, stride=2, padding=1, groups=channels[i - 1])
+            for i in range(1, n)
+        )
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        n = len(feats)
+        top_down = [None] * n
+        top_down[-1] = feats[-1]
+        for i in range(n - 2, -1, -1):
+            coarse = upsample_to(self.lateral[i](top_down[i + 1]), feats[i])
+            top_down[i] = self.smooth[i](feats[i] + coarse)
+        out = [top_down[0]]
+        for i in range(1, n):
+            out.append(top_down[i] + self.down[i - 1](out[-1]))
+        return out
+
+
+class ShortLongConv(nn.Module):
+    """Short-long depthwise convolution: 3×3 (short) plus 1×7 then 7×1 (long, a 7×7 field)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c = channels
+        self.short = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.long_h = nn.Conv2d(c, c, (1, 7), padding=(0, 3), groups=c)
+        self.long_v = nn.Conv2d(c, c, (7, 1), padding=(3, 0), groups=c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.short(x) + self.long_v(self.long_h(x))
+
+
+class ModulatedAttention(nn.Module):
+    """One scale of PSALM's stage 2: conv-made Q/K, efficient attention, support modulation."""
+
+    def __init__(
+        self, channels: int, support_channels: int, num_heads: int, use_conv_preprocessing: bool
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        # Q = ShortLong(query), K = ShortLong(query): the convolutions replace Q/K projections.
+        # Without them, Q and K are the enriched query itself (plain efficient attention).
+        self.q_conv = ShortLongConv(channels) if use_conv_preprocessing else None
+        self.k_conv = ShortLongConv(channels) if use_conv_preprocessing else None
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.modulation = nn.Linear(support_channels, channels)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor, support: Tensor | None) -> Tensor:
+        h, w = x.shape[-2:]
+        q = self.q_conv(x) if self.q_conv is not None else x
+        k = self.k_conv(x) if self.k_conv is not None else x
+        v = self.value(x)
+        weights = None if support is None else 2 * torch.sigmoid(self.modulation(support))  # (B, C)
+        attended = efficient_attention(
+            to_tokens(q), to_tokens(k), to_tokens(v), self.num_heads, value_weights=weights
+        )
+        return self.out(from_tokens(attended, h, w))
+
+
+class PSALMFusion(nn.Module):
+    """PSALM query–support fusion over a P2..P5 pyramid (drop-in replacement for CHEAF).
+
+    ``forward(query_features, support_features)``: see ``psalm/fusion/_inputs.py`` for the
+    accepted forms; returns one ``(B, out_channels[i], H_i, W_i)`` map per level (a dict if the
+    query was a dict).
+    """
+
+    def __init__(
+        self,
+        query_channels: Sequence[int] = (32, 64, 128, 256),
+        support_channels: Sequence[int] = (32, 64, 128, 256),
+        out_channels: Sequence[int] = (128, 256, 512, 512),
+        num_heads: int = 4,
+        use_pyramid: bool = True,
+        use_conv_preprocessing: bool = True,
+    ) -> None:
+        super().__init__()
+        check_channel_config(query_channels, support_channels, out_channels, num_heads)
+        self.query_channels = list(query_channels)
+        self.support_channels = list(support_channels)
+        self.out_channels = list(out_channels)
+        self.use_pyramid = use_pyramid
+        self.use_conv_preprocessing = use_conv_preprocessing
+        self.pyramid = PyramidEnrichment(query_channels) if use_pyramid else None
+        self.attentions = nn.ModuleList(
+            ModulatedAttention(c, s, num_heads, use_conv_preprocessing)
+            for c, s in zip(query_channels, support_channels, strict=True)
+        )
+        self.refinement_projectors = nn.ModuleList(
+            DepthwiseSeparable(c, o) for c, o in zip(query_channels, out_channels, strict=True)
+        )
+        self.residual_projectors = nn.ModuleList(
+            nn.Conv2d(c, o, 1) for c, o in zip(query_channels, out_channels, strict=True)
+        )
+        self.last_residuals: set[str] = set()
+
+    def forward(
+        self,
+        query_features: Sequence[Tensor] | Mapping[str, Tensor],
+        support_features: Sequence[Tensor] | Mapping[str, Tensor] | None = None,
+    ) -> list[Tensor] | dict[str, Tensor]:
+        query = as_level_list(query_features, "query_features")
+        check_query(query, self.query_channels)
+        support = pool_support(support_features, self.support_channels, query[0].shape[0])
+        trace = ResidualTracer()
+        enriched = self.pyramid(query) if self.pyramid is not None else query
+        outputs = []
+        for i, (x, e) in enumerate(zip(query, enriched, strict=True)):
+            s = None if support is None else support[i]
+            attended = trace.add("R1", self.attentions[i](e, s), e)
+            refined = self.refinement_projectors[i](attended)
+            outputs.append(trace.add("R2", refined, self.residual_projectors[i](x)))
+        self.last_residuals = trace.seen
+        return restore_format(outputs, query_features)
+
+    def param_breakdown(self) -> dict[str, int]:
+        """Parameters per component of the report's PSALM table; the values sum to the total."""
+        return {
+            "attentions_with_conv": count_params(self.attentions),
+            "pyramid": count_params(self.pyramid),
+            "refinement_projectors": count_params(self.refinement_projectors),
+            "residual_projectors": count_params(self.residual_projectors),
+        }
