@@ -1,0 +1,155 @@
+# PSALM ablation pipeline: every target below sets up .venv/ on first use (no separate step).
+# `make help` lists the targets and variables; their descriptions are the `## ` comments here.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+#? Python interpreter that creates .venv/
+PYTHON ?= python3
+#? Virtual environment folder
+VENV ?= .venv
+#? Extra arguments appended to the command (pytest, psalm.train, ablations, sweeps, ...)
+ARGS ?=
+#? Run size: smoke | default | paper
+PROFILE ?= default
+#? Where runs execute: local | slurm | debug
+LAUNCHER ?= local
+#? Model to sweep: psalm | cheaf
+MODEL ?= psalm
+#? Study name for report / ablation-status (e.g. pyramid)
+STUDY ?=
+#? Studies (or runs) to compare: make compare A=... B=...
+A ?=
+B ?=
+#? MLflow store read by mlflow-ui (a server URL is opened as is)
+MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+#? Port of mlflow-ui (127.0.0.1 only)
+MLFLOW_PORT ?= 5000
+#? Optuna storage read by optuna-dashboard
+OPTUNA_STORAGE ?= sqlite:///optuna.db
+#? Port of optuna-dashboard (127.0.0.1 only)
+OPTUNA_PORT ?= 8080
+#? Index of a CUDA torch build for setup, e.g. https://download.pytorch.org/whl/cu128
+TORCH_INDEX ?=
+
+PY := $(VENV)/bin/python
+# Installed-state stamp: rebuilt whenever pyproject.toml changes, so edits to deps reinstall.
+STAMP := $(VENV)/.installed
+# The torch pin lives in pyproject.toml only; TORCH_INDEX installs the same release from there.
+TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
+
+.PHONY: help setup test lint format benchmark train evaluate \
+	ablation-pyramid ablation-conv ablation-support ablations ablation-status \
+	sweep report compare mlflow-ui optuna-dashboard slurm-up slurm-down clean distclean
+
+##@ General
+
+help: ## Show this help (targets and variables)
+	@awk 'BEGIN { FS = ":.*## " } \
+		/^##@ / { printf "\n%s\n", substr($$0, 5) } \
+		/^[a-zA-Z0-9_.-]+:.*## / { printf "  %-18s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@printf "\nVariables (make TARGET VAR=value)\n"
+	@awk '/^#\? / { doc = substr($$0, 4); next } \
+		doc != "" && /^[A-Z_]+ *\?=/ { \
+			name = $$1; val = $$0; sub(/^[A-Z_]+ *\?= */, "", val); \
+			printf "  %-20s %s (default: %s)\n", name, doc, (val == "" ? "-" : val); \
+			next } \
+		{ doc = "" }' $(MAKEFILE_LIST)
+
+setup: $(STAMP) ## Create .venv/ and install the project with dev extras (reruns when pyproject.toml changes)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ -n "$(TORCH_INDEX)" ]; then \
+		echo "Installing torch==$(TORCH_VERSION) from $(TORCH_INDEX)"; \
+		$(PY) -m pip install "torch==$(TORCH_VERSION)" --index-url "$(TORCH_INDEX)"; \
+	fi
+	$(PY) -m pip install -e '.[dev]'
+	@touch $@
+
+##@ Development
+
+test: $(STAMP) ## Run the test suite (pytest; extra options via ARGS)
+	@$(PY) -m pytest -q $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); treated as a failure." >&2; fi; \
+	exit $$rc
+
+lint: $(STAMP) ## Check style: ruff check + ruff format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+##@ Models
+
+benchmark: $(STAMP) ## Measure CHEAF vs PSALM (params, latency, memory); writes reports/benchmark.json
+	$(PY) -m psalm.benchmark $(ARGS)
+
+train: $(STAMP) ## One training run recorded in MLflow, e.g. ARGS="model=psalm profile=smoke seed=0"
+	$(PY) -m psalm.train $(ARGS)
+
+evaluate: $(STAMP) ## Evaluate a trained run (COCO AP), overrides via ARGS
+	$(PY) -m psalm.evaluate $(ARGS)
+
+##@ Studies
+
+ablation-pyramid: $(STAMP) ## Ablation study: no pyramid (main job); PROFILE, LAUNCHER
+	$(PY) -m ablations run pyramid profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
+
+ablation-conv: $(STAMP) ## Ablation study: no conv preprocessing; PROFILE, LAUNCHER
+	$(PY) -m ablations run conv profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
+
+ablation-support: $(STAMP) ## Ablation study: no / shuffled support; PROFILE, LAUNCHER
+	$(PY) -m ablations run support profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
+
+ablations: $(STAMP) ## All ablation studies, sharing baseline runs; PROFILE, LAUNCHER
+	$(PY) -m ablations run all profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
+
+ablation-status: $(STAMP) ## Progress of submitted studies (STUDY= for one)
+	$(PY) -m ablations status $(STUDY) $(ARGS)
+
+sweep: $(STAMP) ## Optuna hyper-parameter sweep of MODEL; PROFILE, LAUNCHER
+	$(PY) -m sweeps run $(MODEL) profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
+
+##@ Results
+
+report: $(STAMP) ## Verdict table, plots and dashboard of a study (STUDY=...)
+	@test -n "$(STUDY)" || { echo "make report: set STUDY, e.g. make report STUDY=pyramid" >&2; exit 2; }
+	$(PY) -m analysis report $(STUDY) $(ARGS)
+
+compare: $(STAMP) ## Compare two studies or runs (A=... B=...)
+	@test -n "$(A)" -a -n "$(B)" || { echo "make compare: set A and B, e.g. make compare A=x B=y" >&2; exit 2; }
+	$(PY) -m analysis compare $(A) $(B) $(ARGS)
+
+mlflow-ui: $(STAMP) ## MLflow UI on 127.0.0.1:MLFLOW_PORT over MLFLOW_TRACKING_URI
+	@case "$(MLFLOW_TRACKING_URI)" in \
+	http://*|https://*) echo "MLFLOW_TRACKING_URI is a server: open $(MLFLOW_TRACKING_URI)";; \
+	*) exec $(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" \
+		--host 127.0.0.1 --port $(MLFLOW_PORT);; \
+	esac
+
+optuna-dashboard: $(VENV)/bin/optuna-dashboard ## Optuna dashboard on 127.0.0.1:OPTUNA_PORT over OPTUNA_STORAGE
+	$(VENV)/bin/optuna-dashboard "$(OPTUNA_STORAGE)" --host 127.0.0.1 --port $(OPTUNA_PORT)
+
+# Only the dashboard target needs it, so it is installed on first use rather than for everyone.
+$(VENV)/bin/optuna-dashboard: $(STAMP)
+	$(PY) -m pip install 'optuna-dashboard>=0.16'
+
+##@ Cluster
+
+slurm-up: $(STAMP) ## Start a single-node SLURM on this machine (root; scripts/slurm-up.sh)
+	bash scripts/slurm-up.sh
+
+slurm-down: $(STAMP) ## Stop the local SLURM started by slurm-up
+	bash scripts/slurm-down.sh
+
+##@ Cleaning
+
+clean: ## Remove caches and build leftovers (keeps .venv/, mlflow.db, outputs/, reports/)
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
+
+distclean: clean ## Also remove .venv/ (the next target reinstalls it)
+	rm -rf $(VENV)

@@ -1,0 +1,70 @@
+"""Shared pytest fixtures and session settings.
+
+- Single-threaded maths everywhere: the machine (and CI) has 2 cores shared by the test process and
+  any worker processes a test starts, so torch and BLAS use one thread each. The environment
+  variables are set before torch is imported so subprocesses inherit them too.
+- ``tmp_mlflow_uri``: an isolated MLflow SQLite store per test, so no test touches the repo's
+  ``mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("MPLBACKEND", "Agg")  # no display on CI
+
+import torch  # noqa: E402  (after the thread variables above)
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with its tables created, made once per session.
+
+    Creating the tables takes seconds; copying the file takes milliseconds.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    root = tmp_path_factory.mktemp("mlflow_template")
+    db = root / "mlflow.db"
+    store = SqlAlchemyStore(f"sqlite:///{db}", str(root / "artifacts"))
+    store.engine.dispose()  # release the file before it is copied
+    return db
+
+
+@pytest.fixture
+def tmp_mlflow_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _mlflow_template_db: Path
+) -> Iterator[str]:
+    """A fresh ``sqlite:///…`` MLflow tracking URI under ``tmp_path``, set for this test.
+
+    Both ``MLFLOW_TRACKING_URI`` (inherited by subprocesses) and MLflow's in-process URI point
+    at it; both are restored afterwards. Experiments created without an ``artifact_location``
+    keep MLflow's default artifact root (``./mlruns`` in the working directory).
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_mlflow_template_db, db)
+    uri = f"sqlite:///{db}"
+    # The URI a previous mlflow.set_tracking_uri() left in-process (None: env / default).
+    previous = tracking_utils._tracking_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  (None is accepted)
