@@ -1,0 +1,204 @@
+"""Hydra composition → ``RunSpec``: one run's resolved config, its identity hash, and validation.
+
+A ``RunSpec`` is the unit of work everywhere: a single ``python -m psalm.train``, an ablation cell
+and a sweep trial all become one and go through the same dispatch and the same ``run(spec)``.
+
+The config hash identifies a run's *result*: the resolved config minus the keys that only say
+where or how it runs (launcher, tracking, output folder, labels), plus the code version (a hash
+of the ``psalm`` package's sources) and the data version. Two specs with the same hash would
+train the same model, so a FINISHED run with that hash is never repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+import psalm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+# Keys that say where/how a run executes or how it is labelled, not what it computes.
+NON_IDENTITY_KEYS = ("launcher", "tracking", "output_dir", "ablation", "arm", "hydra")
+
+
+class ConfigError(ValueError):
+    """A run's configuration is invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: what to compute (``config``), its identity, and for eval runs what to evaluate."""
+
+    config: dict[str, Any] = field(hash=False)  # fully resolved, plain containers
+    overrides: tuple[str, ...] = ()  # the Hydra overrides it was composed from
+    config_hash: str = ""
+    kind: str = "train"  # train | eval (evaluate a trained run's checkpoint)
+    eval_mode: str | None = None  # eval runs: normal | none | shuffled
+    eval_of: str | None = None  # eval runs: config hash of the trained run
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        arm = c.get("arm") or "baseline"
+        return f"{c['model']['name']}/{arm}/seed{c['seed']}"
+
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags of DESIGN.md (``git_sha`` is added by the tracker)."""
+        c = self.config
+        tags = {
+            "study": str(c.get("study") or ""),
+            "ablation": str(c.get("ablation") or ""),
+            "arm": str(c.get("arm") or "baseline"),
+            "model": c["model"]["name"],
+            "seed": str(c["seed"]),
+            "config_hash": self.config_hash,
+            "profile": str(c.get("profile") or ""),
+            "kind": self.kind,
+        }
+        if self.eval_mode:
+            tags["eval_mode"] = self.eval_mode
+        return tags
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides (e.g. ``["model=cheaf", "seed=1"]``)."""
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return compose(config_name="config", overrides=list(overrides))
+    except Exception as exc:  # Hydra's errors name the bad override; keep them, add context
+        raise ConfigError(f"cannot compose config with overrides {list(overrides)}: {exc}") from exc
+
+
+def make_spec(overrides: Sequence[str] = (), **kwargs: Any) -> RunSpec:
+    """Compose, resolve, validate and hash: the one way to build a ``RunSpec``."""
+    return spec_from_config(compose_config(overrides), tuple(overrides), **kwargs)
+
+
+def spec_from_config(
+    cfg: DictConfig | Mapping[str, Any], overrides: tuple[str, ...] = (), **kwargs: Any
+) -> RunSpec:
+    """A ``RunSpec`` from an already composed config (``@hydra.main`` hands one over)."""
+    if isinstance(cfg, DictConfig):
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    else:
+        resolved = json.loads(json.dumps(cfg))
+    resolved.pop("hydra", None)
+    validate_config(resolved)
+    kind = kwargs.get("kind", "train")
+    identity = {
+        "config": {k: v for k, v in resolved.items() if k not in NON_IDENTITY_KEYS},
+        "code": code_version(),
+        "data": data_version(resolved["data"]),
+        "kind": kind,
+        "eval_mode": kwargs.get("eval_mode"),
+        "eval_of": kwargs.get("eval_of"),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return RunSpec(config=resolved, overrides=overrides, config_hash=digest, **kwargs)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the ``psalm`` package's source files: any change to model, data or training code
+    gives new run identities."""
+    root = Path(psalm.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def data_version(data: Mapping[str, Any]) -> str:
+    """The synthetic benchmark is versioned by its config and code; COCO data by its files."""
+    if data.get("name") != "coco":
+        return "synthetic"
+    h = hashlib.sha256()
+    for key in ("train_ann", "test_ann"):
+        path = Path(str(data[key]))
+        h.update(path.read_bytes() if path.is_file() else b"missing")
+    return h.hexdigest()[:16]
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"lr": 1}}`` → ``{"model.lr": 1}`` (lists are kept whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """Raise ``ConfigError`` naming the key if the config cannot make a valid run.
+
+    Cheap checks only (no data is loaded); ``pipeline.run.check_spec`` adds the data checks.
+    """
+    from psalm.registry import ABLATION_FLAGS, FUSION_MODULES
+
+    problems: list[str] = []
+    model = cfg.get("model", {})
+    name = model.get("name")
+    if name not in FUSION_MODULES:
+        raise ConfigError(f"model.name={name!r} is not one of {sorted(FUSION_MODULES)}")
+    for other, flags in ABLATION_FLAGS.items():
+        if other == name:
+            continue
+        for flag in flags:
+            if flag in model and flag not in ABLATION_FLAGS[name]:
+                problems.append(
+                    f"model.{flag} is a {other.upper()} flag; {name.upper()} takes "
+                    f"{', '.join('model.' + f for f in ABLATION_FLAGS[name])}"
+                )
+    for key in ("query_channels", "out_channels"):
+        chans = model.get(key)
+        if not isinstance(chans, list) or len(chans) != 4:
+            problems.append(f"model.{key} must list 4 levels (P2..P5), got {chans!r}")
+        elif any(not isinstance(c, int) or c <= 0 for c in chans):
+            problems.append(f"model.{key} must be positive ints, got {chans!r}")
+        elif key == "query_channels" and any(c % model.get("num_heads", 1) for c in chans):
+            problems.append(
+                f"model.query_channels {chans} must be divisible by model.num_heads="
+                f"{model.get('num_heads')}"
+            )
+    for key in ("lr", "weight_decay"):
+        value = model.get(key)
+        if not isinstance(value, int | float) or value < 0 or (key == "lr" and value == 0):
+            problems.append(f"model.{key} must be a positive number, got {value!r}")
+    train = cfg.get("train", {})
+    for key in ("steps", "batch_size", "shots", "checkpoint_every", "threads"):
+        value = train.get(key)
+        if not isinstance(value, int) or value < 1:
+            problems.append(f"train.{key} must be a positive integer, got {value!r}")
+    data = cfg.get("data", {})
+    for key in ("image_size", "support_size"):
+        value = data.get(key)
+        if not isinstance(value, int) or value <= 0 or value % 32:
+            problems.append(f"data.{key} must be a positive multiple of 32, got {value!r}")
+    if data.get("name") not in ("synthetic", "coco"):
+        problems.append(f"data.name={data.get('name')!r} is not one of synthetic, coco")
+    if data.get("name") == "coco":
+        for key in ("train_ann", "train_images", "test_ann", "test_images", "novel_classes"):
+            if data.get(key) in (None, "???"):
+                problems.append(f"data.{key} is required for data=coco (set data.{key}=…)")
+    modes = cfg.get("eval", {}).get("modes", [])
+    bad = [m for m in modes if m not in ("normal", "none", "shuffled")]
+    if bad:
+        problems.append(f"eval.modes has unknown mode(s) {bad}; use normal, none, shuffled")
+    if problems:
+        raise ConfigError("invalid run config:\n  - " + "\n  - ".join(problems))

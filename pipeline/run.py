@@ -1,0 +1,276 @@
+"""``run(spec)``: one training (or evaluation) run, from a ``RunSpec`` to a FINISHED MLflow run.
+
+The same function serves a single ``python -m psalm.train``, every ablation cell and every sweep
+trial, in-process or inside a submitit job. It is idempotent: a spec whose run is FINISHED
+returns at once; an unfinished one resumes from its checkpoint into the same MLflow run.
+
+Training run: build data and detector → ``psalm.training.fit`` (metrics to MLflow) → evaluate on
+the test split (``test/*``, plus ``test_<mode>/*`` for each extra ``eval.modes``) → artifacts:
+resolved config, per-class AP table, final checkpoint.
+
+Evaluation run (``spec.kind == "eval"``): load the checkpoint of the trained run ``eval_of`` and
+evaluate it in ``eval_mode`` (the report's support ablation costs no training); its metrics are
+logged as ``test/*`` of its own MLflow run, tagged ``eval_of=<trained run id>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import REPO_ROOT, RunSpec
+from pipeline.tracking import Tracker
+from psalm.data import FewShotData, SyntheticGlyphs
+from psalm.detector import FewShotDetector
+from psalm.evaluation import write_per_class_table
+from psalm.registry import ABLATION_FLAGS, build_fusion
+from psalm.training import CHECKPOINT_NAME, DivergedError, TrainSettings, evaluate, fit
+
+
+def build_data(data_cfg: dict[str, Any]) -> FewShotData:
+    """The dataset a config names (``synthetic`` or ``coco``)."""
+    if data_cfg["name"] == "synthetic":
+        return SyntheticGlyphs(
+            seed_split=data_cfg["split_seed"],
+            image_size=data_cfg["image_size"],
+            support_size=data_cfg["support_size"],
+            n_val=data_cfg["n_val"],
+            n_test=data_cfg["n_test"],
+        )
+    from psalm.data import CocoFewShot
+
+    return CocoFewShot(
+        train_ann=data_cfg["train_ann"],
+        train_images=data_cfg["train_images"],
+        test_ann=data_cfg["test_ann"],
+        test_images=data_cfg["test_images"],
+        novel_classes=list(data_cfg["novel_classes"]),
+        image_size=data_cfg["image_size"],
+        support_size=data_cfg["support_size"],
+    )
+
+
+def build_detector(model_cfg: dict[str, Any], seed: int) -> FewShotDetector:
+    """The detector a config names, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    name = model_cfg["name"]
+    fusion = build_fusion(
+        name,
+        query_channels=model_cfg["query_channels"],
+        support_channels=model_cfg["query_channels"],
+        out_channels=model_cfg["out_channels"],
+        num_heads=model_cfg["num_heads"],
+        **{flag: model_cfg[flag] for flag in ABLATION_FLAGS[name]},
+    )
+    return FewShotDetector(
+        fusion,
+        backbone_channels=model_cfg["query_channels"],
+        fused_channels=model_cfg["out_channels"],
+        head_channels=model_cfg["head_channels"],
+        support_in_head=model_cfg["support_in_head"],
+    )
+
+
+def train_settings(cfg: dict[str, Any]) -> TrainSettings:
+    """The schedule: the model's optimiser settings scaled by the profile's factors."""
+    model, train = cfg["model"], cfg["train"]
+    return TrainSettings(
+        steps=train["steps"],
+        batch_size=train["batch_size"],
+        shots=train["shots"],
+        lr=model["lr"] * train["lr_scale"],
+        weight_decay=model["weight_decay"],
+        warmup_steps=round(model["warmup_steps"] * train["warmup_scale"]),
+        seed=cfg["seed"],
+        grad_clip=train["grad_clip"],
+        checkpoint_every=train["checkpoint_every"],
+        eval_every=train["eval_every"],
+    )
+
+
+def run_dir(spec: RunSpec) -> Path:
+    """Where a run keeps its checkpoint and artifacts."""
+    root = Path(spec.config.get("output_dir") or "runs")
+    return (root if root.is_absolute() else REPO_ROOT / root) / spec.config_hash
+
+
+def check_spec(spec: RunSpec) -> None:
+    """Checks that need more than the config (data files, K shots per class); run before
+    dispatching, so that a bad study fails before any job starts."""
+    data_cfg = spec.config["data"]
+    if data_cfg["name"] == "coco":
+        build_data(data_cfg).validate(spec.config["train"]["shots"])
+
+
+class _Progress:
+    """Per-run status lines: a line every 10 % of the steps or every 30 s."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.t0, self.last = label, time.perf_counter(), 0.0
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        now = time.perf_counter()
+        if step != total and step % max(1, total // 10) and now - self.last < 30:
+            return
+        self.last = now
+        rate = step / max(now - self.t0, 1e-9)
+        eta = (total - step) / rate if rate > 0 else float("nan")
+        print(
+            f"[{self.label}] step {step}/{total} loss {loss:.3f} "
+            f"({rate:.2f} steps/s, ETA {eta:.0f}s)",
+            flush=True,
+        )
+
+
+def _set_threads(cfg: dict[str, Any]) -> torch.device:
+    threads = int(os.environ.get("PSALM_THREADS", cfg["train"]["threads"]))
+    torch.set_num_threads(threads)
+    device = cfg["train"].get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def run(spec: RunSpec) -> dict[str, Any]:
+    """Execute one spec (idempotent; see module docstring). Returns its final metrics."""
+    cfg = spec.config
+    tracker = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
+    extra = {}
+    if spec.kind == "eval":
+        trained = tracker.find(spec.eval_of)
+        if trained is None or trained.info.status != "FINISHED":
+            raise RuntimeError(
+                f"[{spec.label}] cannot evaluate: trained run {spec.eval_of} is not FINISHED"
+            )
+        extra["eval_of"] = trained.info.run_id
+    handle = tracker.open(spec, extra_tags=extra)
+    if handle.finished:
+        print(f"[{spec.label}] already finished (run {handle.run_id}); skipped", flush=True)
+        run = tracker.client.get_run(handle.run_id)
+        return {"run_id": handle.run_id, "skipped": True, **run.data.metrics}
+    device = _set_threads(cfg)
+    try:
+        if spec.kind == "eval":
+            metrics = _evaluate_trained(spec, handle, device)
+        else:
+            metrics = _train(spec, handle, device)
+    except DivergedError as exc:
+        handle.finish("FAILED", reason=f"diverged: {exc}")
+        raise
+    except BaseException as exc:  # killed, preempted, crashed: the run stays resumable
+        handle.finish("FAILED", reason=f"{type(exc).__name__}: {exc}")
+        raise
+    handle.finish("FINISHED")
+    return {"run_id": handle.run_id, "skipped": False, **metrics}
+
+
+def _train(spec: RunSpec, handle, device: torch.device) -> dict[str, float]:
+    cfg = spec.config
+    folder = run_dir(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = build_data(cfg["data"])
+    model = build_detector(cfg["model"], cfg["seed"]).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_fusion = sum(p.numel() for p in model.fusion.parameters())
+    handle.set_tags(
+        {
+            "params_total": n_params,
+            "params_fusion": n_fusion,
+            "fusion_modules": _module_signature(model.fusion),
+        }
+    )
+    settings = train_settings(cfg)
+    print(
+        f"[{spec.label}] training {settings.steps} steps (lr {settings.lr:.2e}, warm-up "
+        f"{settings.warmup_steps}) on {device}; fusion {n_fusion:,} params; run {handle.run_id}",
+        flush=True,
+    )
+    summary = fit(model, data, settings, folder, handle.log_metrics, _Progress(spec.label))
+    handle.log_metrics({"train/seconds": summary["seconds"]}, settings.steps)
+    metrics = _test(spec, handle, model, data, folder)
+    handle.log_artifact(folder / CHECKPOINT_NAME, "checkpoint")
+    return metrics
+
+
+def _test(spec: RunSpec, handle, model, data, folder: Path) -> dict[str, float]:
+    cfg = spec.config
+    metrics: dict[str, float] = {}
+    modes = list(dict.fromkeys(["normal", *cfg["eval"]["modes"]]))
+    if spec.kind == "eval":
+        modes = [spec.eval_mode]
+    for mode in modes:
+        t0 = time.perf_counter()
+        result = evaluate(
+            model,
+            data,
+            cfg["eval"]["split"],
+            cfg["train"]["shots"],
+            cfg["seed"],
+            mode=mode,
+            top_k=cfg["eval"]["top_k"],
+        )
+        prefix = "test/" if mode == modes[0] else f"test_{mode}/"
+        values = result.as_dict(prefix=prefix)
+        values[f"{prefix}eval_seconds"] = time.perf_counter() - t0
+        handle.log_metrics(values, cfg["train"]["steps"])
+        metrics.update(values)
+        table = folder / f"per_class_ap_{mode}.csv"
+        write_per_class_table(result, data.categories, table)
+        handle.log_artifact(table, "per_class_ap")
+        print(f"[{spec.label}] {mode}: " + _fmt(values), flush=True)
+    config_file = folder / "config.json"
+    config_file.write_text(json.dumps(cfg, indent=2))
+    handle.log_artifact(config_file)
+    return metrics
+
+
+def _evaluate_trained(spec: RunSpec, handle, device: torch.device) -> dict[str, float]:
+    cfg = spec.config
+    trained_dir = run_dir(RunSpec(config=cfg, config_hash=spec.eval_of))
+    ckpt = trained_dir / CHECKPOINT_NAME
+    if not ckpt.exists():
+        raise FileNotFoundError(f"[{spec.label}] checkpoint of trained run not found: {ckpt}")
+    folder = run_dir(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = build_data(cfg["data"])
+    model = build_detector(cfg["model"], cfg["seed"])
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    model = model.to(device).to(memory_format=torch.channels_last)
+    return _test(spec, handle, model, data, folder)
+
+
+def _module_signature(module: torch.nn.Module) -> str:
+    """The fusion module's children with parameter counts: proof that an ablation took effect."""
+    parts = [
+        f"{name}={sum(p.numel() for p in child.parameters())}"
+        for name, child in module.named_children()
+    ]
+    return ",".join(parts)[:5000]
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in values.items())
+
+
+def train(cfg: Any, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``python -m psalm.train``'s body: a composed config → validated spec → ``run``."""
+    from pipeline.config import spec_from_config
+
+    spec = spec_from_config(cfg, overrides)
+    check_spec(spec)
+    return run(spec)
+
+
+def evaluate_run(overrides: tuple[str, ...], mode: str) -> dict[str, Any]:
+    """``python -m psalm.evaluate``'s body: evaluate the trained run these overrides describe."""
+    from pipeline.config import make_spec
+
+    trained = make_spec(overrides)
+    spec = make_spec(overrides, kind="eval", eval_mode=mode, eval_of=trained.config_hash)
+    return run(spec)

@@ -1,0 +1,257 @@
+"""A few-shot detector with a swappable fusion module: Siamese backbone → fusion → CenterNet head.
+
+    images (B, 3, H, W)      supports (B, K, 3, S, S)
+          │                         │
+      Backbone ── shared weights ── Backbone        P2..P5, strides 4..32
+          │                         │
+          └──── fusion(query, support) ────┘         CHEAF or PSALM (``psalm.registry``)
+                        │
+         per level: 1×1 to head width, shared tower
+                        │
+        heatmap of the support's class + box (offset, log size)
+
+The head is CenterNet-style on every level: each ground-truth box is assigned to the level whose
+typical object size (``level_sizes``) is nearest in log scale, a Gaussian peak marks its centre
+cell there, and the centre cell regresses the sub-cell offset and the box's log width and height.
+Decoding keeps 3×3 local maxima per level, the top ``top_k`` over all levels, then NMS.
+
+The support reaches the prediction only through the fusion module, unless ``support_in_head``
+adds a cosine-similarity map between the fused features and the support prototype to the head's
+input (a prototype head, as in the report's source project). ``support_mode="none"`` passes
+``support_features=None`` to the fusion module only; with ``support_in_head`` the head still sees
+the support, so say which when reporting a support ablation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from psalm.boxes import nms
+
+SUPPORT_MODES = ("normal", "none")
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(max(1, channels // 8), channels)
+
+
+def _conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), _norm(cout), nn.ReLU()
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Two 3×3 convs with an identity skip."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv_block(channels, channels),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            _norm(channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x + self.body(x))
+
+
+class Backbone(nn.Module):
+    """A small CNN giving P2..P5 (strides 4, 8, 16, 32) with ``channels`` widths."""
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        c2 = channels[0]
+        self.stem = nn.Sequential(
+            _conv_block(3, c2 // 2, stride=2), _conv_block(c2 // 2, c2, stride=2), ResidualBlock(c2)
+        )
+        self.stages = nn.ModuleList(
+            nn.Sequential(_conv_block(cin, cout, stride=2), ResidualBlock(cout))
+            for cin, cout in zip(channels[:-1], channels[1:], strict=True)
+        )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = [self.stem(x)]
+        for stage in self.stages:
+            feats.append(stage(feats[-1]))
+        return feats
+
+
+@dataclass(frozen=True)
+class LevelOutput:
+    """One level's raw predictions."""
+
+    heatmap: Tensor  # (B, 1, H, W) logits
+    box: Tensor  # (B, 4, H, W): offset x, offset y (cells), log(w / stride), log(h / stride)
+
+
+class FewShotDetector(nn.Module):
+    """Detects the instances of the support's class in the query image."""
+
+    def __init__(
+        self,
+        fusion: nn.Module,
+        backbone_channels: Sequence[int] = (32, 64, 128, 256),
+        fused_channels: Sequence[int] = (128, 256, 512, 512),
+        head_channels: int = 64,
+        level_sizes: Sequence[float] = (16, 32, 64, 128),
+        support_in_head: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = Backbone(backbone_channels)
+        self.fusion = fusion
+        self.strides = (4, 8, 16, 32)
+        self.level_sizes = tuple(float(s) for s in level_sizes)
+        self.support_in_head = support_in_head
+        extra = 1 if support_in_head else 0
+        self.head_inputs = nn.ModuleList(
+            nn.Conv2d(c + extra, head_channels, 1) for c in fused_channels
+        )
+        if support_in_head:
+            # prototype matching: project fused query features and support features alike
+            self.match_query = nn.ModuleList(nn.Conv2d(c, 64, 1) for c in fused_channels)
+            self.match_support = nn.ModuleList(nn.Linear(c, 64) for c in backbone_channels)
+        self.tower = nn.Sequential(
+            _conv_block(head_channels, head_channels), _conv_block(head_channels, head_channels)
+        )
+        self.heatmap = nn.Conv2d(head_channels, 1, 3, padding=1)
+        self.box = nn.Conv2d(head_channels, 4, 3, padding=1)
+        nn.init.constant_(self.heatmap.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01
+
+    def forward(
+        self, images: Tensor, supports: Tensor, support_mode: str = "normal"
+    ) -> list[LevelOutput]:
+        """images (B, 3, H, W); supports (B, K, 3, S, S); support_mode ``normal`` | ``none``."""
+        if support_mode not in SUPPORT_MODES:
+            raise ValueError(f"support_mode must be one of {SUPPORT_MODES}, got {support_mode!r}")
+        b, k = supports.shape[:2]
+        query = self.backbone(images)
+        support = [
+            f.reshape(b, k, *f.shape[1:])  # (B, K, C, h, w)
+            for f in self.backbone(supports.flatten(0, 1))
+        ]
+        fused = self.fusion(query, None if support_mode == "none" else support)
+        outputs = []
+        for i, f in enumerate(fused):
+            if self.support_in_head:
+                f = torch.cat([f, self._match(i, f, support[i])], dim=1)
+            h = self.tower(self.head_inputs[i](f))
+            outputs.append(LevelOutput(self.heatmap(h), self.box(h)))
+        return outputs
+
+    def _match(self, level: int, fused: Tensor, support: Tensor) -> Tensor:
+        """Cosine similarity between each position and the support prototype: (B, 1, H, W)."""
+        proto = F.normalize(self.match_support[level](support.mean(dim=(1, 3, 4))), dim=1)
+        feats = F.normalize(self.match_query[level](fused), dim=1)
+        return torch.einsum("bchw,bc->bhw", feats, proto)[:, None]
+
+    # ------------------------------------------------------------------------------ training
+
+    def assign_level(self, boxes: Tensor) -> Tensor:
+        """Level index per box: the level whose typical size is nearest in log scale."""
+        side = (boxes[:, 2:] - boxes[:, :2]).amax(dim=1).clamp(min=1.0)
+        sizes = boxes.new_tensor(self.level_sizes)
+        return (side.log()[:, None] - sizes.log()[None]).abs().argmin(dim=1)
+
+    def loss(self, outputs: list[LevelOutput], boxes: list[Tensor]) -> dict[str, Tensor]:
+        """Focal loss on the Gaussian heatmaps, L1 on centre offsets and log sizes."""
+        heat_terms, box_terms = [], []
+        num_pos = sum(len(b) for b in boxes)
+        for level, out in enumerate(outputs):
+            target, mask, box_target = self._targets(level, out.heatmap.shape, boxes)
+            heat_terms.append(_focal_loss(out.heatmap, target))
+            if mask.any():
+                pred = out.box.permute(0, 2, 3, 1)[mask]  # (P, 4)
+                box_terms.append(F.l1_loss(pred, box_target, reduction="sum"))
+        norm = max(num_pos, 1)
+        heat = torch.stack(heat_terms).sum() / norm
+        box = torch.stack(box_terms).sum() / norm if box_terms else heat.new_zeros(())
+        return {"loss": heat + box, "heatmap": heat, "box": box}
+
+    def _targets(
+        self, level: int, shape: torch.Size, boxes: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Heatmap target (B, 1, H, W), centre mask (B, H, W), box targets (P, 4) in mask order."""
+        b, _, h, w = shape
+        stride = self.strides[level]
+        device = boxes[0].device if boxes else torch.device("cpu")
+        target = torch.zeros(b, 1, h, w, device=device)
+        mask = torch.zeros(b, h, w, dtype=torch.bool, device=device)
+        box_target = torch.zeros(b, h, w, 4, device=device)
+        ys = torch.arange(h, device=device, dtype=torch.float32)[:, None]
+        xs = torch.arange(w, device=device, dtype=torch.float32)[None, :]
+        for i, bx in enumerate(boxes):
+            if len(bx) == 0:
+                continue
+            bx = bx[self.assign_level(bx) == level]
+            for x0, y0, x1, y1 in bx.tolist():
+                cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
+                bw, bh = max(x1 - x0, 1.0) / stride, max(y1 - y0, 1.0) / stride
+                ix, iy = min(int(cx), w - 1), min(int(cy), h - 1)
+                sx, sy = max(bw / 6, 0.5), max(bh / 6, 0.5)
+                peak = torch.exp(-((xs - ix) ** 2) / (2 * sx**2) - (ys - iy) ** 2 / (2 * sy**2))
+                target[i, 0] = torch.maximum(target[i, 0], peak)
+                mask[i, iy, ix] = True
+                box_target[i, iy, ix] = torch.tensor(
+                    [cx - ix, cy - iy, math.log(bw), math.log(bh)], device=device
+                )
+        return target, mask, box_target[mask]
+
+    # ------------------------------------------------------------------------------ decoding
+
+    @torch.no_grad()
+    def decode(
+        self,
+        outputs: list[LevelOutput],
+        top_k: int = 100,
+        nms_iou: float = 0.5,
+        image_size: tuple[int, int] | None = None,
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Scored boxes per image: a list of ``(boxes (N, 4) xyxy pixels, scores (N,))``."""
+        per_level = []
+        for level, out in enumerate(outputs):
+            stride = self.strides[level]
+            heat = out.heatmap.sigmoid()
+            peaks = heat == F.max_pool2d(heat, 3, stride=1, padding=1)
+            scores = (heat * peaks).flatten(1)  # (B, H·W)
+            b, _, h, w = heat.shape
+            k = min(top_k, h * w)
+            top, idx = scores.topk(k, dim=1)
+            ys, xs = (idx // w).float(), (idx % w).float()
+            reg = out.box.flatten(2).gather(2, idx[:, None].expand(b, 4, k))  # (B, 4, k)
+            cx = (xs + reg[:, 0]) * stride
+            cy = (ys + reg[:, 1]) * stride
+            bw = reg[:, 2].clamp(max=8).exp() * stride
+            bh = reg[:, 3].clamp(max=8).exp() * stride
+            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=2)
+            per_level.append((boxes, top))
+        all_boxes = torch.cat([p[0] for p in per_level], dim=1)  # (B, L·k, 4)
+        all_scores = torch.cat([p[1] for p in per_level], dim=1)
+        if image_size is not None:
+            hh, ww = image_size
+            all_boxes[..., 0::2] = all_boxes[..., 0::2].clamp(0, ww)
+            all_boxes[..., 1::2] = all_boxes[..., 1::2].clamp(0, hh)
+        results = []
+        for boxes, scores in zip(all_boxes, all_scores, strict=True):
+            keep = scores > 1e-3
+            boxes, scores = boxes[keep], scores[keep]
+            order = scores.argsort(descending=True)[: 4 * top_k]
+            boxes, scores = boxes[order], scores[order]
+            kept = nms(boxes, scores, nms_iou)[:top_k]
+            results.append((boxes[kept], scores[kept]))
+        return results
+
+
+def _focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, beta: float = 4.0) -> Tensor:
+    """CenterNet's penalty-reduced focal loss, summed (normalised by the caller)."""
+    p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    pos_loss = -((1 - p) ** alpha) * torch.log(p) * pos
+    neg_loss = -((1 - target) ** beta) * (p**alpha) * torch.log(1 - p) * (1 - pos)
+    return pos_loss.sum() + neg_loss.sum()

@@ -1,0 +1,220 @@
+"""Training and evaluation loops for the few-shot detector, in plain PyTorch.
+
+``fit`` trains with AdamW and a linear-warmup + cosine schedule on batches that are a pure
+function of ``(step, seed)``, checkpoints every ``checkpoint_every`` steps (model, optimiser,
+scheduler, step), and resumes from the newest checkpoint in ``run_dir`` — so a killed run that
+is restarted reaches the same final weights as an uninterrupted one. Metrics go to the
+``on_metrics`` callback (the pipeline records them in MLflow); nothing here knows about MLflow.
+
+``evaluate`` runs the detector over an evaluation split's queries (image, class) with the fixed
+K-shot supports of each class, in one of three support modes:
+- ``normal``: the class's own supports;
+- ``none``: ``support_features=None`` in the fusion module (the report's test 3);
+- ``shuffled``: the supports of another class of the same split (novel for novel, base for base),
+  a control that removes the support's information everywhere, head included.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from psalm.data import FewShotData
+from psalm.detector import FewShotDetector
+from psalm.evaluation import Detection, FewShotMetrics, evaluate_fewshot
+
+EVAL_MODES = ("normal", "none", "shuffled")
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite or exploding loss; the message says at which step."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What ``fit`` needs besides the model and the data (one comment per field)."""
+
+    steps: int  # optimiser steps in all
+    batch_size: int  # episodes per step
+    shots: int  # K support crops per episode
+    lr: float  # peak learning rate (AdamW)
+    weight_decay: float  # AdamW decoupled weight decay
+    warmup_steps: int  # linear warm-up from 0 to lr, then cosine decay to 0
+    seed: int  # model init, training episodes and support samples
+    grad_clip: float = 10.0  # max global grad norm (0 disables)
+    checkpoint_every: int = 100  # steps between checkpoints (and the final step)
+    eval_every: int = 0  # steps between validation evaluations (0: none during training)
+    log_every: int = 1  # steps between train/loss reports
+    max_loss: float = 1e4  # a loss above this (or non-finite) ends the run as diverged
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 (``step`` counts from 0)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(
+    model: nn.Module, settings: TrainSettings
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW without decay on biases and norm weights, and the warm-up + cosine schedule."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() > 1 else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": settings.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=settings.lr,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, settings.warmup_steps, settings.steps)
+    )
+    return opt, sched
+
+
+def save_checkpoint(path: Path, model, opt, sched, step: int, extra: dict | None = None) -> None:
+    """Write atomically (tmp file + rename), so a kill mid-write never leaves a torn file."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "step": step,
+            "extra": extra or {},
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint written by ``save_checkpoint`` (tensors and plain types only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+MetricsCallback = Callable[[dict[str, float], int], None]
+
+
+def fit(
+    model: FewShotDetector,
+    data: FewShotData,
+    settings: TrainSettings,
+    run_dir: Path,
+    on_metrics: MetricsCallback | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> dict[str, float]:
+    """Train ``model`` (resuming from ``run_dir`` if it holds a checkpoint); returns a summary.
+
+    Raises ``DivergedError`` on a non-finite or exploding loss.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    opt, sched = build_optimizer(model, settings)
+    start = 0
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = state["step"]
+    report = on_metrics or (lambda metrics, step: None)
+    model.train()
+    t0, loss_value = time.perf_counter(), float("nan")
+    for step in range(start, settings.steps):
+        batch = data.train_batch(step, settings.batch_size, settings.shots, settings.seed)
+        images = batch.queries.contiguous(memory_format=torch.channels_last)
+        losses = model.loss(model(images, batch.supports), batch.boxes)
+        loss = losses["loss"]
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value) or loss_value > settings.max_loss:
+            raise DivergedError(
+                f"loss {loss_value} at step {step} (max_loss {settings.max_loss}); "
+                "lower the learning rate or raise warm-up"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        opt.step()
+        sched.step()
+        done = step + 1
+        if done % settings.log_every == 0 or done == settings.steps:
+            metrics = {f"train/{k}": float(v) for k, v in losses.items()}
+            metrics["train/lr"] = opt.param_groups[0]["lr"]
+            report(metrics, done)
+        if settings.eval_every and (done % settings.eval_every == 0 or done == settings.steps):
+            val = evaluate(model, data, "val", settings.shots, settings.seed)
+            model.train()
+            report(val.as_dict(prefix="val/"), done)
+        if done % settings.checkpoint_every == 0 or done == settings.steps:
+            save_checkpoint(ckpt_path, model, opt, sched, done)
+        if progress is not None:
+            progress(done, settings.steps, loss_value)
+    return {
+        "final_loss": loss_value,
+        "steps": settings.steps,
+        "resumed_from": start,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _shuffled_class(class_id: int, pool: list[int], seed: int) -> int:
+    """A different class of the same pool, fixed per (class, seed)."""
+    others = [c for c in pool if c != class_id]
+    g = torch.Generator().manual_seed(seed * 1_000_003 + class_id)
+    return others[int(torch.randint(len(others), (1,), generator=g))]
+
+
+@torch.no_grad()
+def evaluate(
+    model: FewShotDetector,
+    data: FewShotData,
+    split: str,
+    shots: int,
+    seed: int,
+    mode: str = "normal",
+    batch_size: int = 32,
+    top_k: int = 100,
+) -> FewShotMetrics:
+    """COCO AP of the detector on ``split`` (``val`` | ``test``) in support ``mode``."""
+    if mode not in EVAL_MODES:
+        raise ValueError(f"evaluation mode must be one of {EVAL_MODES}, got {mode!r}")
+    model.eval()
+    ev = data.eval_split(split)
+    support_cache: dict[int, torch.Tensor] = {}
+
+    def supports_for(class_id: int) -> torch.Tensor:
+        if mode == "shuffled":
+            pool = data.novel_ids if class_id in data.novel_ids else data.base_ids
+            class_id = _shuffled_class(class_id, pool, seed)
+        if class_id not in support_cache:
+            support_cache[class_id] = data.supports(class_id, shots, seed)
+        return support_cache[class_id]
+
+    detections = []
+    size = tuple(ev.images.shape[-2:])
+    for start in range(0, len(ev.queries), batch_size):
+        chunk = ev.queries[start : start + batch_size]
+        images = torch.stack([ev.images[i] for i, _ in chunk]).contiguous(
+            memory_format=torch.channels_last
+        )
+        supports = torch.stack([supports_for(c) for _, c in chunk])
+        outputs = model(images, supports, support_mode="none" if mode == "none" else "normal")
+        for (i, c), (boxes, scores) in zip(
+            chunk, model.decode(outputs, top_k=top_k, image_size=size), strict=True
+        ):
+            detections.append(Detection(ev.image_ids[i], c, boxes, scores))
+    return evaluate_fewshot(ev.coco_gt, detections, data.novel_ids, data.base_ids)
