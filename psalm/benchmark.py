@@ -186,6 +186,10 @@ def run_benchmark(
     repeats: int = 20,
 ) -> dict:
     """Measure both modules side by side; returns the ``reports/benchmark.json`` document."""
+    if repeats < 2:
+        raise ValueError(
+            f"repeats (--repeats) must be at least 2 for a median and IQR, got {repeats}"
+        )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)

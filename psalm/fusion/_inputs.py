@@ -124,6 +124,8 @@ def pool_support(
                 f"support level {level}: expected (B, K, C, h, w), (B, C, h, w), (B, K, C) or "
                 f"(B, C), got shape {tuple(s.shape)}"
             )
+        if s.dim() in (3, 5) and s.shape[1] == 0:
+            raise ValueError(f"support level {level}: zero shots in shape {tuple(s.shape)}")
         if s.shape[chan_dim] != c:
             raise ValueError(
                 f"support level {level}: expected {c} channels (support_channels[{i}]) at dim "

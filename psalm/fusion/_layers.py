@@ -26,20 +26,36 @@ def from_tokens(t: Tensor, h: int, w: int) -> Tensor:
 
 
 def efficient_attention(
-    q: Tensor, k: Tensor, v: Tensor, num_heads: int, value_weights: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    num_heads: int,
+    value_weights: Tensor | None = None,
+    extra_kv: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Efficient attention (Shen et al., 2021): context = softmax_N(K)ᵀ V, linear in positions.
 
     q, k, v: (B, N, C) tokens. Queries are normalised over channels within a head, keys over
     positions. value_weights: optional (B, C) scaling of the context's value columns (PSALM's
-    support modulation). Returns (B, N, C).
+    support modulation). extra_kv: optional (keys, values), each (B, T, C): tokens appended to
+    the key/value sequence only (CHEAF's support tokens); they take part in the key softmax.
+    Returns (B, N, C).
     """
     b, n, c = q.shape
     d = c // num_heads
     q = q.reshape(b, n, num_heads, d).softmax(dim=3)  # (B, N, h, d)
-    k = k.reshape(b, n, num_heads, d).softmax(dim=1)  # (B, N, h, d)
-    v = v.reshape(b, n, num_heads, d)  # (B, N, h, d)
-    context = torch.einsum("bnhd,bnhe->bhde", k, v)  # (B, h, d_k, d_v)
+    k = k.reshape(b, n, num_heads, d)
+    v = v.reshape(b, n, num_heads, d)
+    if extra_kv is None:
+        context = torch.einsum("bnhd,bnhe->bhde", k.softmax(dim=1), v)  # (B, h, d_k, d_v)
+    else:
+        # softmax over the N query positions and the T extra tokens together
+        ek, ev = (t.reshape(b, t.shape[1], num_heads, d) for t in extra_kv)
+        peak = torch.maximum(k.amax(dim=1, keepdim=True), ek.amax(dim=1, keepdim=True)).detach()
+        k, ek = (k - peak).exp(), (ek - peak).exp()
+        total = k.sum(dim=1) + ek.sum(dim=1)  # (B, h, d_k)
+        context = torch.einsum("bnhd,bnhe->bhde", k, v) + torch.einsum("bthd,bthe->bhde", ek, ev)
+        context = context / total[..., None]
     if value_weights is not None:
         context = context * value_weights.reshape(b, num_heads, 1, d)
     return torch.einsum("bnhd,bhde->bnhe", q, context).reshape(b, n, c)
@@ -67,8 +83,10 @@ class SplitPointwise(nn.Module):
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm, 8 channels a group: independent of batch size, the same in train and eval."""
-    return nn.GroupNorm(max(1, channels // 8), channels)
+    """GroupNorm of about 8 channels a group (the largest group count ≤ C/8 that divides C):
+    independent of batch size, and the same in train and eval."""
+    groups = max(g for g in range(1, max(1, channels // 8) + 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
 
 
 class DepthwiseSeparable(nn.Module):

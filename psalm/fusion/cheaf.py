@@ -19,9 +19,10 @@ best, not handicapped by avoidable copies.
    grouped 1×1 residual projector.
 
 Unlike a public implementation that stacks support along the batch axis and slices it away,
-here the support reaches every output: it enters Q, K and V of every scale.
-``support_features=None`` zeroes the support half of the concatenation (the projected support is
-replaced by zeros); everything else runs unchanged.
+here the support reaches every output: it is concatenated to the query's channels (making Q) and
+to the key/value sequence as an extra token, at every scale. ``support_features=None`` removes
+the support signal only: zeros in its half of the channel concatenation and no support token;
+everything else runs unchanged.
 
 Without the short-long branch (``use_short_long_conv=False``) there is nothing to fuse: the branch
 fusion layer and its residual R2 go too, and the attention branch's output is used directly.
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psalm.fusion._inputs import (
+    LEVEL_NAMES,
     as_level_list,
     check_channel_config,
     check_query,
@@ -56,25 +58,39 @@ from psalm.fusion._layers import (
 
 
 class ConcatEfficientAttention(nn.Module):
-    """CHEAF's attention branch for one scale: Q, K, V from [query; support], then process."""
+    """CHEAF's attention branch for one scale: query and support concatenated, then processed.
+
+    The support (pooled, projected to the query's width) is concatenated twice: to every query
+    position's channels, from which Q is made, and to the key/value sequence as one extra token
+    with its own key and value projections. (Concatenating it to the channels that make K would
+    add the same value at every position, which the key softmax over positions cancels.)
+    """
 
     def __init__(self, channels: int, support_channels: int, num_heads: int) -> None:
         super().__init__()
         c = channels
         self.num_heads = num_heads
         self.support_proj = nn.Linear(support_channels, c)
-        self.qkv = SplitPointwise([c, c], 3 * c)  # Q, K, V from [x; support broadcast]
+        self.query = SplitPointwise([c, c], c)  # Q from [x; support broadcast]
+        self.key_value = nn.Conv2d(c, 2 * c, 1)  # K, V of the query positions
+        self.support_key_value = nn.Linear(c, 2 * c)  # K, V of the support token
         self.out = nn.Conv2d(c, c, 1)
         self.process = SplitPointwise([c, c], c)  # "concat & process": [attention output; x]
         self.process_norm = group_norm(c)
 
     def forward(self, x: Tensor, support: Tensor | None) -> Tensor:
-        b, c, h, w = x.shape
-        # None removes the support signal only: its half of the concatenation becomes zeros
-        s = x.new_zeros(b, c) if support is None else self.support_proj(support)  # (B, C)
-        qkv = self.qkv(x, s[:, :, None, None])  # (B, 3C, H, W); support broadcast over positions
-        q, k, v = to_tokens(qkv).chunk(3, dim=2)  # 3 × (B, N, C)
-        attended = self.out(from_tokens(efficient_attention(q, k, v, self.num_heads), h, w))
+        h, w = x.shape[-2:]
+        if support is None:  # removes the support signal only: no token, zeros in the concat
+            q = self.query.parts[0](x)
+            extra = None
+        else:
+            s = self.support_proj(support)  # (B, C)
+            q = self.query(x, s[:, :, None, None])  # support broadcast over positions
+            sk, sv = self.support_key_value(s)[:, None].chunk(2, dim=2)  # 2 × (B, 1, C)
+            extra = (sk, sv)
+        k, v = to_tokens(self.key_value(x)).chunk(2, dim=2)  # 2 × (B, N, C)
+        attended = efficient_attention(to_tokens(q), k, v, self.num_heads, extra_kv=extra)
+        attended = self.out(from_tokens(attended, h, w))
         return F.gelu(self.process_norm(self.process(attended, x)))
 
 
@@ -193,6 +209,13 @@ class CHEAFFusionModule(nn.Module):
     ) -> None:
         super().__init__()
         check_channel_config(query_channels, support_channels, out_channels, num_heads)
+        if use_short_long_conv:
+            for level, ch in zip(LEVEL_NAMES, query_channels, strict=True):
+                if ch % 2:
+                    raise ValueError(
+                        f"query_channels at level {level} ({ch}) must be even: CHEAF's branch "
+                        "fusion is a 1×1 conv in 2 groups"
+                    )
         self.query_channels = list(query_channels)
         self.support_channels = list(support_channels)
         self.out_channels = list(out_channels)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from psalm.fusion._inputs import (
+    LEVEL_NAMES,
     as_level_list,
     check_channel_config,
     check_query,
@@ -60,8 +61,9 @@ class PyramidEnrichment(nn.Module):
         for i in range(1, n):
             if channels[i] % channels[i - 1]:
                 raise ValueError(
-                    f"PSALM's depthwise bottom-up path needs each level's channels to be a "
-                    f"multiple of the previous level's; got {channels[i - 1]} → {channels[i]}"
+                    f"query_channels at level {LEVEL_NAMES[i]} ({channels[i]}) must be a multiple "
+                    f"of level {LEVEL_NAMES[i - 1]}'s ({channels[i - 1]}): PSALM's depthwise "
+                    "bottom-up path widens each level by a channel multiplier"
                 )
         self.down = nn.ModuleList(
             nn.Conv2d(channels[i - 1], channels[i], 3, stride=2, padding=1, groups=channels[i - 1])

@@ -1,0 +1,133 @@
+"""The benchmark's JSON document and CLI, at a tiny shape (batch 1, 64×64); no timing assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from psalm import CHEAFFusionModule, PSALMFusion
+from psalm.benchmark import run_benchmark
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY = dict(batch=1, input_size=64, repeats=2, warmup=1)
+MODEL_KEYS = {"params", "params_by_component", "latency_ms", "peak_mem_mb"}
+REPORT_CONFIG = dict(
+    query_channels=[32, 64, 128, 256],
+    support_channels=[32, 64, 128, 256],
+    out_channels=[128, 256, 512, 512],
+    num_heads=4,
+)
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict:
+    return run_benchmark(device="cpu", **TINY)
+
+
+def _output_mb(batch: int, input_size: int) -> float:
+    """Size of one forward's float32 outputs: (B, out_channels[i], side/4/2^i, ...)."""
+    sides = [input_size // (4 * 2**i) for i in range(4)]
+    n = sum(batch * c * s * s for c, s in zip(REPORT_CONFIG["out_channels"], sides, strict=True))
+    return 4 * n / 2**20
+
+
+def test_document_keys_and_shape(doc):
+    for key in ("device", "batch", "input_size", "models", "speedup", "param_reduction"):
+        assert key in doc, key
+    assert "memory_ratio" in doc
+    assert doc["batch"] == 1 and doc["input_size"] == 64
+    assert isinstance(doc["device"], str) and doc["device"]
+    assert set(doc["models"]) == {"cheaf", "psalm"}
+    for name, model in doc["models"].items():
+        assert MODEL_KEYS <= set(model), f"{name}: missing {MODEL_KEYS - set(model)}"
+    json.dumps(doc)  # serialisable as it is (raises TypeError otherwise)
+
+
+def test_params_match_the_modules(doc):
+    expected = {
+        "cheaf": CHEAFFusionModule(**REPORT_CONFIG, use_pyramid_refinement=True),
+        "psalm": PSALMFusion(**REPORT_CONFIG, use_pyramid=True, use_conv_preprocessing=True),
+    }
+    for name, module in expected.items():
+        model = doc["models"][name]
+        assert model["params"] == sum(p.numel() for p in module.parameters()), name
+        assert model["params_by_component"] == module.param_breakdown(), name
+        assert sum(model["params_by_component"].values()) == model["params"], name
+
+
+def test_derived_figures_are_consistent(doc):
+    cheaf, psalm = doc["models"]["cheaf"], doc["models"]["psalm"]
+    assert doc["param_reduction"] == pytest.approx(1 - psalm["params"] / cheaf["params"])
+    assert doc["speedup"] == pytest.approx(cheaf["latency_ms"] / psalm["latency_ms"])
+    assert doc["memory_ratio"] == pytest.approx(psalm["peak_mem_mb"] / cheaf["peak_mem_mb"])
+    for name in ("cheaf", "psalm"):
+        assert doc["models"][name]["latency_ms"] > 0 and math.isfinite(
+            doc["models"][name]["latency_ms"]
+        )
+
+
+def test_peak_memory_covers_the_outputs(doc):
+    outputs = _output_mb(doc["batch"], doc["input_size"])
+    for name, model in doc["models"].items():
+        assert model["peak_mem_mb"] >= outputs > 0, (
+            f"{name}: peak {model['peak_mem_mb']:.3f} MB < its outputs' {outputs:.3f} MB"
+        )
+
+
+def test_residual_connections_are_traced(doc):
+    assert doc["models"]["cheaf"]["residual_connections"] == ["R1", "R2", "R3", "R4"]
+    assert doc["models"]["psalm"]["residual_connections"] == ["R1", "R2"]
+
+
+def test_feature_map_support_and_contiguous_layout():
+    doc = run_benchmark(device="cpu", support="map", memory_format="contiguous", **TINY)
+    assert doc["memory_format"] == "contiguous" and doc["support"] == "map"
+    for model in doc["models"].values():
+        assert model["peak_mem_mb"] >= _output_mb(1, 64)
+
+
+def test_a_single_repeat_works_or_says_why():
+    """--repeats 1 is a natural smoke setting: it must work, or fail naming the option."""
+    try:
+        doc = run_benchmark(device="cpu", batch=1, input_size=64, repeats=1, warmup=0)
+    except ValueError as err:
+        assert "repeats" in str(err), (
+            f"repeats=1 fails with {type(err).__name__}: {err!r}, which does not name the option "
+            "(psalm/benchmark.py: statistics.quantiles(times, n=4) needs two data points)"
+        )
+    else:
+        assert doc["repeats"] == 1
+
+
+def test_input_size_not_a_multiple_of_32_is_refused():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        run_benchmark(device="cpu", batch=1, input_size=80, repeats=2, warmup=0)
+
+
+def test_cli_writes_the_json_and_prints_the_table(tmp_path):
+    out = tmp_path / "sub" / "benchmark.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "psalm.benchmark", "--batch", "1", "--input-size", "64"]
+    cmd += ["--repeats", "2", "--warmup", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["batch"] == 1 and doc["input_size"] == 64
+    assert set(doc["models"]) == {"cheaf", "psalm"}
+    for row in (
+        "Parameters",
+        "Latency (ms/batch)",
+        "Peak forward mem (MB)",
+        "Residual connections",
+    ):
+        assert f"| {row}" in proc.stdout, f"table row {row!r} missing:\n{proc.stdout}"
+    assert "batch 1, input 64×64" in proc.stdout
+    assert f"{doc['models']['cheaf']['params'] / 1e6:.3f}M" in proc.stdout
+    assert f"Wrote {out}" in proc.stdout
