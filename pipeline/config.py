@@ -28,7 +28,7 @@ import psalm
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 # Keys that say where/how a run executes or how it is labelled, not what it computes.
-NON_IDENTITY_KEYS = ("launcher", "tracking", "output_dir", "ablation", "arm", "hydra")
+NON_IDENTITY_KEYS = ("launcher", "tracking", "output_dir", "label", "hydra")
 
 
 class ConfigError(ValueError):
@@ -49,16 +49,15 @@ class RunSpec:
     @property
     def label(self) -> str:
         c = self.config
-        arm = c.get("arm") or "baseline"
-        return f"{c['model']['name']}/{arm}/seed{c['seed']}"
+        return f"{c['model']['name']}/{c['label']['arm'] or 'baseline'}/seed{c['seed']}"
 
     def tags(self) -> dict[str, str]:
         """The MLflow tags of DESIGN.md (``git_sha`` is added by the tracker)."""
         c = self.config
         tags = {
-            "study": str(c.get("study") or ""),
-            "ablation": str(c.get("ablation") or ""),
-            "arm": str(c.get("arm") or "baseline"),
+            "study": str(c["label"]["study"] or ""),
+            "ablation": str(c["label"]["ablation"] or ""),
+            "arm": str(c["label"]["arm"] or "baseline"),
             "model": c["model"]["name"],
             "seed": str(c["seed"]),
             "config_hash": self.config_hash,
@@ -99,6 +98,7 @@ def spec_from_config(
     kind = kwargs.get("kind", "train")
     identity = {
         "config": {k: v for k, v in resolved.items() if k not in NON_IDENTITY_KEYS},
+        "study": resolved.get("label", {}).get("study"),
         "code": code_version(),
         "data": data_version(resolved["data"]),
         "kind": kind,

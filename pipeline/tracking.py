@@ -143,6 +143,14 @@ class Tracker:
                 return "live"
         return "resumable"
 
+    def retire(self, config_hash: str) -> None:
+        """Move a run out of the way for ``--force``: MLflow's soft delete (``mlflow runs
+        restore --run-id …`` brings it back)."""
+        run = self.find(config_hash)
+        if run is None:
+            return
+        self.client.delete_run(run.info.run_id)
+
     def open(self, spec: RunSpec, extra_tags: Mapping[str, str] | None = None) -> RunHandle:
         """Reopen the spec's run (finished or not) or create it."""
         run = self.find(spec.config_hash)

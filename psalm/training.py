@@ -152,7 +152,7 @@ def fit(
         sched.step()
         done = step + 1
         if done % settings.log_every == 0 or done == settings.steps:
-            metrics = {f"train/{k}": float(v) for k, v in losses.items()}
+            metrics = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
             metrics["train/lr"] = opt.param_groups[0]["lr"]
             report(metrics, done)
         if settings.eval_every and (done % settings.eval_every == 0 or done == settings.steps):

@@ -1,0 +1,197 @@
+"""Ablation studies from the command line.
+
+    python -m ablations run pyramid profile=default launcher=local   # = make ablation-pyramid
+    python -m ablations run all profile=smoke seeds=[0,1]            # every study, shared baselines
+    python -m ablations run support launcher=slurm launcher.partition=gpu --no-wait
+    python -m ablations status pyramid-default                       # a study's jobs
+    python -m ablations list                                         # the study files
+
+``run`` expands the study (``conf/ablation/<name>.yaml``) into run specs, validates all of them,
+skips the runs already FINISHED (or live elsewhere), dispatches the rest, waits, and prints the
+AP per arm and the verdicts against the report's expectations, then the dashboard's path.
+Study settings ``models=[…]`` and ``seeds=[…]`` change the study; every other override goes to
+each run (``profile=``, ``launcher=``, ``train.steps=``, …).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from ablations.study import STUDY_KEYS, Plan, expand, load_study, study_folder, study_names
+from pipeline.config import ConfigError, RunSpec
+from pipeline.dispatch import LauncherConfig, dispatch, format_status, status
+from pipeline.run import run, run_dir
+from pipeline.tracking import Tracker, tracking_uri
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    study_overrides = [o for o in args.overrides if o.split("=", 1)[0] in STUDY_KEYS]
+    run_overrides = [o for o in args.overrides if o.split("=", 1)[0] not in STUDY_KEYS]
+    t0 = time.perf_counter()
+    study = load_study(args.name, study_overrides)
+    plan = expand(study, run_overrides)
+    first = plan.all[0]
+    launcher = LauncherConfig.from_mapping(first.config["launcher"])
+    uri = tracking_uri(first.config["tracking"]["uri"])
+    tracker = Tracker(uri, first.config["tracking"]["experiment"])
+    todo_train, todo_eval, skipped = _pending(plan, tracker, args.force)
+    print(
+        f"study {plan.study}: {len(plan.train)} training run(s), {len(plan.evaluate)} "
+        f"evaluation(s) over models {list(study.models)} × seeds {list(study.seeds)}; "
+        f"{skipped} already finished or live, launcher {launcher.kind}; "
+        f"planned in {time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
+    folder = study_folder(plan.study)
+    with _tracking_server(uri, launcher, len(todo_train) + len(todo_eval)):
+        for phase, specs in (("training", todo_train), ("evaluation", todo_eval)):
+            if not specs:
+                continue
+            print(f"{phase}: dispatching {len(specs)} run(s)", flush=True)
+            statuses = dispatch(
+                specs,
+                run,
+                launcher,
+                folder,
+                labels=[s.label for s in specs],
+                wait=not args.no_wait,
+            )
+            if args.no_wait:
+                print(
+                    f"submitted; follow with `python -m ablations status {plan.study}`"
+                    + (
+                        "; run the same command again afterwards for the evaluation arms"
+                        if todo_eval and phase == "training"
+                        else ""
+                    ),
+                    flush=True,
+                )
+                return 0
+            failed = [s for s in statuses if s.state != "done"]
+            for s in failed:
+                print(f"FAILED {s.label}: {s.detail} (log: {s.stderr})", flush=True)
+    print(f"study {plan.study} done in {time.perf_counter() - t0:.0f}s", flush=True)
+    print_results(plan.study, uri)
+    return 0
+
+
+def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[list, list, int]:
+    """The specs still to run; ``force`` retires FINISHED runs (deleted in MLflow, restorable)."""
+    train, evaluate, skipped = [], [], 0
+    for spec in plan.all:
+        state = tracker.state(spec.config_hash)
+        if state == "finished" and force:
+            tracker.retire(spec.config_hash)
+            folder = run_dir(spec)
+            if folder.exists():  # keep the old checkpoint beside, never delete it
+                folder.rename(folder.with_name(f"{folder.name}.retired-{int(time.time())}"))
+            state = "new"
+        if state in ("finished", "live"):
+            skipped += 1
+            continue
+        (evaluate if spec.kind == "eval" else train).append(spec)
+    return train, evaluate, skipped
+
+
+@contextlib.contextmanager
+def _tracking_server(uri: str, launcher: LauncherConfig, n_jobs: int):
+    """Parallel jobs writing one SQLite file can fail with "database is locked": put a loopback
+    MLflow server in front of it while the study runs (not needed for one job at a time)."""
+    parallel = launcher.kind == "local" and n_jobs > 1
+    if not (parallel and uri.startswith("sqlite:")):
+        yield uri
+        return
+    from pipeline.mlflow_server import mlflow_server
+
+    with mlflow_server(uri) as server_uri:
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = server_uri
+        print(f"tracking through a loopback MLflow server {server_uri} over {uri}", flush=True)
+        try:
+            yield server_uri
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def print_results(study: str, uri: str) -> None:
+    """AP per arm, the verdict table and the dashboard's path."""
+    from analysis import analyze_study, format_verdicts, write_dashboard
+
+    result = analyze_study(study, tracking_uri=uri)
+    print(arm_table(result.runs, result.metric))
+    print()
+    print(format_verdicts(result.verdicts))
+    path = write_dashboard(result)
+    print(f"\ndashboard: {path}")
+    print(f"MLflow: {uri} (make mlflow-ui)")
+
+
+def arm_table(runs, metric: str) -> str:
+    """Mean ± sd of ``metric`` per model and arm, with the number of seeds."""
+    column = f"metrics.{metric}" if f"metrics.{metric}" in runs.columns else metric
+    if runs.empty or column not in runs.columns:
+        return f"(no runs with {metric})"
+    finished = runs[runs["status"] == "FINISHED"] if "status" in runs.columns else runs
+    grouped = finished.groupby(["model", "arm"])[column].agg(["mean", "std", "count"])
+    lines = [f"{metric} per arm (mean ± sd over seeds):"]
+    for (model, arm), row in grouped.iterrows():
+        sd = 0.0 if row["count"] < 2 else row["std"]
+        lines.append(
+            f"  {model:<6} {arm:<18} {row['mean']:.3f} ± {sd:.3f}  (n={int(row['count'])})"
+        )
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace) -> int:
+    folder = study_folder(args.study)
+    if not folder.exists():
+        print(f"error: no dispatched study {args.study!r} under {folder.parent}", file=sys.stderr)
+        return 2
+    print(format_status(status(folder)))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    print("\n".join(study_names()))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ablations", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(required=True)
+    p = sub.add_parser("run", help="run a study (expand, validate, dispatch, wait, report)")
+    p.add_argument("name", help=f"one of {', '.join(study_names())}")
+    p.add_argument("overrides", nargs="*", help="models=[…] seeds=[…] and per-run overrides")
+    p.add_argument("--no-wait", action="store_true", help="submit and return (cluster use)")
+    p.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    p.set_defaults(func=_run)
+    p = sub.add_parser("status", help="the jobs of a dispatched study")
+    p.add_argument("study", help="the study's name, e.g. pyramid-default")
+    p.set_defaults(func=_status)
+    p = sub.add_parser("list", help="the available studies")
+    p.set_defaults(func=_list)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["RunSpec", "main"]

@@ -1,0 +1,172 @@
+"""Ablation studies: a study file (``conf/ablation/<name>.yaml``) → run specs → dispatch → table.
+
+A study crosses models × seeds with a baseline arm (the full model) and variant arms:
+- ``variants``: train-time arms, each a list of overrides per model (``no_pyramid`` …);
+- ``eval_variants``: evaluation-time arms on the trained baseline's checkpoint (``support_none``
+  evaluates with ``support_features=None``; no training).
+
+Baselines are shared: a baseline (model × seed × profile) appears once per study, tagged with
+every ablation it serves (tag ``ablation=conv,pyramid,support`` in the ``all`` study), and each
+variant pairs with it by seed. Expansion validates every spec (composition, values, data paths)
+before anything is dispatched, so a bad study fails whole and early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from pipeline.config import CONF_DIR, REPO_ROOT, ConfigError, RunSpec, make_spec
+from pipeline.run import check_spec
+
+STUDY_DIR = CONF_DIR / "ablation"
+ALL = "all"  # the union of every study file, with shared baselines
+STUDY_KEYS = ("models", "seeds")  # study-level overrides; every other override is per run
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study definition after overrides (see the files in ``conf/ablation/``)."""
+
+    name: str  # pyramid | conv | support | all
+    models: tuple[str, ...]
+    seeds: tuple[int, ...]
+    variants: dict[str, dict[str, tuple[str, ...]]]  # model → arm → overrides
+    eval_variants: dict[str, tuple[str, str]]  # arm → (ablation, support mode)
+    arm_ablation: dict[str, str]  # train-time arm → the ablation it belongs to
+    ablations: tuple[str, ...]  # the ablation names the study covers
+
+
+def study_names() -> list[str]:
+    """The study files available, plus ``all``."""
+    return sorted(p.stem for p in STUDY_DIR.glob("*.yaml")) + [ALL]
+
+
+def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
+    """Read ``conf/ablation/<name>.yaml`` (or all of them) and apply ``models=``/``seeds=``."""
+    names = sorted(p.stem for p in STUDY_DIR.glob("*.yaml")) if name == ALL else [name]
+    if name != ALL and not (STUDY_DIR / f"{name}.yaml").exists():
+        raise ConfigError(f"unknown study {name!r}; choose one of {', '.join(study_names())}")
+    models: list[str] = []
+    seeds: list[int] = []
+    variants: dict[str, dict[str, tuple[str, ...]]] = {}
+    eval_variants: dict[str, tuple[str, str]] = {}
+    arm_ablation: dict[str, str] = {}
+    for n in names:
+        path = STUDY_DIR / f"{n}.yaml"
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        for key in ("models", "seeds", "variants", "eval_variants"):
+            if key not in raw:
+                raise ConfigError(f"{path}: missing key {key!r}")
+        models += [m for m in raw["models"] if m not in models]
+        seeds += [s for s in raw["seeds"] if s not in seeds]
+        for model, arms in (raw["variants"] or {}).items():
+            for arm, ovr in arms.items():
+                variants.setdefault(model, {})[arm] = tuple(ovr)
+                arm_ablation[arm] = n
+        for arm, mode in (raw["eval_variants"] or {}).items():
+            eval_variants[arm] = (n, mode)
+    overrides = OmegaConf.from_dotlist(list(study_overrides))
+    for key in overrides:
+        if key not in STUDY_KEYS:
+            raise ConfigError(f"unknown study setting {key!r}; study settings are {STUDY_KEYS}")
+    models = list(overrides.get("models", models))
+    seeds = [int(s) for s in overrides.get("seeds", seeds)]
+    if not models or not seeds:
+        raise ConfigError(f"study {name!r} needs at least one model and one seed")
+    return Study(
+        name=name,
+        models=tuple(models),
+        seeds=tuple(seeds),
+        variants=variants,
+        eval_variants=eval_variants,
+        arm_ablation=arm_ablation,
+        ablations=tuple(names),
+    )
+
+
+def study_id(study: Study, run_overrides: Sequence[str]) -> str:
+    """The study's name in MLflow (tag ``study``): ``<name>-<profile>``, or ``label.study=…``."""
+    explicit = [o.split("=", 1)[1] for o in run_overrides if o.startswith("label.study=")]
+    if explicit:
+        return explicit[-1]
+    profile = make_spec(list(_without_study(run_overrides))).config.get("profile", "default")
+    return f"{'ablations' if study.name == ALL else study.name}-{profile}"
+
+
+def _without_study(overrides: Sequence[str]) -> list[str]:
+    return [o for o in overrides if not o.startswith("label.study=")]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The expanded study: training specs, then evaluation specs (which need trained baselines)."""
+
+    study: str
+    train: tuple[RunSpec, ...]
+    evaluate: tuple[RunSpec, ...]
+
+    @property
+    def all(self) -> tuple[RunSpec, ...]:
+        return self.train + self.evaluate
+
+
+def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
+    """Every run spec of the study, validated. Raises ``ConfigError`` naming the bad cell."""
+    sid = study_id(study, run_overrides)
+    base_overrides = [*_without_study(run_overrides), f"label.study={sid}"]
+    train: list[RunSpec] = []
+    evaluate: list[RunSpec] = []
+    errors: list[str] = []
+    for model in study.models:
+        model_variants = study.variants.get(model, {})
+        baseline_ablations = ",".join(study.ablations)
+        for seed in study.seeds:
+            common = [f"model={model}", f"seed={seed}", *base_overrides]
+            try:
+                baseline = make_spec(
+                    [*common, f"label.ablation='{baseline_ablations}'", "label.arm=baseline"]
+                )
+                check_spec(baseline)
+            except (ConfigError, ValueError, OSError) as exc:
+                errors.append(f"{model}/baseline/seed{seed}: {exc}")
+                continue
+            train.append(baseline)
+            for arm, ovr in model_variants.items():
+                ablation = study.arm_ablation[arm]
+                try:
+                    spec = make_spec(
+                        [*common, *ovr, f"label.ablation={ablation}", f"label.arm={arm}"]
+                    )
+                except (ConfigError, ValueError) as exc:
+                    errors.append(f"{model}/{arm}/seed{seed}: {exc}")
+                    continue
+                if spec.config_hash == baseline.config_hash:
+                    errors.append(
+                        f"{model}/{arm}/seed{seed}: overrides {list(ovr)} leave the config "
+                        "identical to the baseline's, so the ablation would not take effect"
+                    )
+                    continue
+                train.append(spec)
+            for arm, (ablation, mode) in study.eval_variants.items():
+                spec = make_spec(
+                    [*common, f"label.ablation={ablation}", f"label.arm={arm}"],
+                    kind="eval",
+                    eval_mode=mode,
+                    eval_of=baseline.config_hash,
+                )
+                evaluate.append(spec)
+    if errors:
+        raise ConfigError(
+            f"study {study.name!r}: {len(errors)} invalid run(s), nothing dispatched:\n  - "
+            + "\n  - ".join(errors)
+        )
+    return Plan(study=sid, train=tuple(train), evaluate=tuple(evaluate))
+
+
+def study_folder(study: str) -> Path:
+    """Where a study's dispatch files and logs live."""
+    return REPO_ROOT / "outputs" / "studies" / study
