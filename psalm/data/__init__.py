@@ -1,0 +1,22 @@
+"""Few-shot detection data: the synthetic glyph benchmark and COCO-format folders.
+
+Every source implements :class:`FewShotData` (``train_batch``, ``eval_split``, ``supports``,
+``validate``); :func:`support_blind_ceiling` measures how much AP a detector that ignores the
+support could get on an evaluation split. ``python -m psalm.data`` describes and measures the
+synthetic benchmark.
+"""
+
+from psalm.data._ceiling import support_blind_ceiling
+from psalm.data._coco import CocoFewShot
+from psalm.data._interface import Batch, DataError, EvalSplit, FewShotData
+from psalm.data._synthetic import SyntheticGlyphs
+
+__all__ = [
+    "Batch",
+    "CocoFewShot",
+    "DataError",
+    "EvalSplit",
+    "FewShotData",
+    "SyntheticGlyphs",
+    "support_blind_ceiling",
+]
