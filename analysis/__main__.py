@@ -1,0 +1,166 @@
+"""Command line of the analysis: verdict tables, dashboards and study comparisons.
+
+Run from the repository root (the store defaults to ``sqlite:///mlflow.db`` there, overridden by
+``$MLFLOW_TRACKING_URI`` or ``--tracking-uri``):
+
+    python -m analysis verdicts <study> [--format table|json] [--metric test/nAP50]
+    python -m analysis report <study> [--out reports] [--ui-url http://127.0.0.1:5000]
+    python -m analysis compare <study A> <study B> [--alpha 0.05]
+    python -m analysis studies
+
+``report`` and ``compare`` print the path of the HTML page they wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+
+import pandas as pd
+
+from analysis.claims import DEFAULT_BENCHMARK
+from analysis.compare import compare_studies, format_comparison, write_comparison
+from analysis.dashboard import DEFAULT_REPORTS, write_dashboard
+from analysis.deltas import INTERVALS
+from analysis.runs import list_studies
+from analysis.study import StudyAnalysis, analyze_study
+from analysis.verdicts import VERDICT_COLUMNS, format_verdicts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for a usage or data error, told on stderr)."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except (LookupError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _verdicts(args: argparse.Namespace) -> int:
+    analysis = _analyze(args, args.study)
+    if args.format == "json":
+        print(json.dumps(to_records(analysis.verdicts[VERDICT_COLUMNS]), indent=2))
+        _warn_excluded(analysis, sys.stderr)
+    else:
+        print(format_verdicts(analysis.verdicts))
+        _warn_excluded(analysis, sys.stdout)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    analysis = _analyze(args, args.study)
+    _warn_excluded(analysis, sys.stderr)
+    print(write_dashboard(analysis, args.out, args.ui_url, args.benchmark))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    a, b = _analyze(args, args.study_a), _analyze(args, args.study_b)
+    table = compare_studies(a, b, args.alpha)
+    if args.format == "json":
+        print(json.dumps(to_records(table), indent=2))
+    else:
+        print(format_comparison(table))
+    # JSON mode keeps stdout machine-readable: the page's path goes to stderr.
+    path = write_comparison(a, b, args.out, args.alpha)
+    print(path, file=sys.stderr if args.format == "json" else sys.stdout)
+    return 0
+
+
+def _studies(args: argparse.Namespace) -> int:
+    for study in list_studies(args.tracking_uri):
+        print(study)
+    return 0
+
+
+def to_records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as JSON-ready dicts: NaN -> null, numpy scalars -> Python numbers."""
+    records = []
+    for row in frame.to_dict(orient="records"):
+        clean = {}
+        for key, value in row.items():
+            if hasattr(value, "item"):
+                value = value.item()
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None
+            elif isinstance(value, tuple):
+                value = list(value)
+            clean[key] = value
+        records.append(clean)
+    return records
+
+
+def _analyze(args: argparse.Namespace, study: str) -> StudyAnalysis:
+    return analyze_study(study, args.tracking_uri, args.metric, args.expectations, args.interval)
+
+
+def _warn_excluded(analysis: StudyAnalysis, stream) -> None:
+    excluded = analysis.deltas.excluded
+    if excluded.empty:
+        return
+    print(f"\n{len(excluded)} run(s) not averaged in:", file=stream)
+    for row in excluded.itertuples():
+        seed = "-" if pd.isna(row.seed) else row.seed
+        print(
+            f"  {row.run_name or row.run_id} ({row.model}/{row.ablation}/{row.arm}, seed {seed}): "
+            f"{row.reason}",
+            file=stream,
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis", description=__doc__.split("\n\n")[0]
+    )
+    commands = parser.add_subparsers(required=True, metavar="command")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    )
+    common.add_argument(
+        "--metric", help="metric to judge, e.g. test/nAP (default: conf/expectations.yaml's)"
+    )
+    common.add_argument("--expectations", help="default: conf/expectations.yaml")
+    common.add_argument(
+        "--interval",
+        choices=sorted(INTERVALS),
+        default="t",
+        help="confidence interval over per-seed deltas: t = Student t (default), normal = TFA's z",
+    )
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--format", choices=["table", "json"], default="table")
+    pages = argparse.ArgumentParser(add_help=False)
+    pages.add_argument("--out", default=str(DEFAULT_REPORTS), help="default: %(default)s")
+
+    sub = commands.add_parser("verdicts", parents=[common, output], help="print the verdict table")
+    sub.add_argument("study")
+    sub.set_defaults(command=_verdicts)
+
+    sub = commands.add_parser("report", parents=[common, pages], help="write the HTML dashboard")
+    sub.add_argument("study")
+    sub.add_argument(
+        "--ui-url",
+        help="MLflow UI the run links point to (default: $MLFLOW_UI_URL or http://127.0.0.1:5000)",
+    )
+    sub.add_argument("--benchmark", default=str(DEFAULT_BENCHMARK), help="default: %(default)s")
+    sub.set_defaults(command=_report)
+
+    sub = commands.add_parser(
+        "compare", parents=[common, output, pages], help="compare the deltas of two studies"
+    )
+    sub.add_argument("study_a")
+    sub.add_argument("study_b")
+    sub.add_argument("--alpha", type=float, default=0.05, help="Welch t-test level for 'moved'")
+    sub.set_defaults(command=_compare)
+
+    sub = commands.add_parser("studies", parents=[common], help="list the studies in the store")
+    sub.set_defaults(command=_studies)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

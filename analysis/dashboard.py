@@ -1,0 +1,271 @@
+"""The study dashboard: one self-contained HTML page (``reports/<study>/index.html``).
+
+Verdict table; runs left out of the averages and why; the report's efficiency claims beside
+``reports/benchmark.json``; per ablation the deltas with their intervals against the expected
+band and the runs' learning curves; every run linked to its page in MLflow's UI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import _html
+from analysis._html import esc
+from analysis.claims import (
+    DEFAULT_BENCHMARK,
+    benchmark_claims,
+    component_breakdown,
+    load_benchmark,
+    parameter_counts,
+)
+from analysis.plots import plot_deltas, plot_learning_curves
+from analysis.runs import load_metric_histories, run_url
+from analysis.study import StudyAnalysis
+from analysis.verdicts import VERDICT_MEANINGS
+
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+DEFAULT_REPORTS = Path("reports")
+
+
+def default_ui_url() -> str:
+    """``$MLFLOW_UI_URL`` or MLflow's UI on loopback (what ``make mlflow-ui`` serves)."""
+    return os.environ.get("MLFLOW_UI_URL") or DEFAULT_UI_URL
+
+
+def curve_keys(runs: pd.DataFrame, metric: str) -> list[str]:
+    """The histories worth plotting: ``train/loss`` and the validation twin of ``metric``."""
+    wanted = ["train/loss", "val/" + metric.split("/", 1)[-1]]
+    return [key for key in wanted if f"metrics.{key}" in runs.columns]
+
+
+def write_dashboard(
+    analysis: StudyAnalysis,
+    out_dir: str | Path = DEFAULT_REPORTS,
+    ui_url: str | None = None,
+    benchmark_path: str | Path = DEFAULT_BENCHMARK,
+    histories: pd.DataFrame | None = None,
+) -> Path:
+    """Write ``<out_dir>/<study>/index.html`` and return its path.
+
+    ``histories`` (``run_id, key, step, value``) is read from the study's store when not given.
+    """
+    keys = curve_keys(analysis.runs, analysis.metric)
+    if histories is None:
+        histories = load_metric_histories(analysis.runs["run_id"], keys, analysis.tracking_uri)
+    path = Path(out_dir) / _html.safe_dirname(analysis.study) / "index.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    html = render_dashboard(analysis, ui_url or default_ui_url(), benchmark_path, histories, keys)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def render_dashboard(
+    analysis: StudyAnalysis,
+    ui_url: str,
+    benchmark_path: str | Path,
+    histories: pd.DataFrame,
+    keys: list[str],
+) -> str:
+    """The dashboard's HTML (see the module docstring)."""
+    ablations = list(dict.fromkeys(analysis.verdicts["ablation"]))
+    sections = [
+        f"<h1>Ablation study {esc(analysis.study)}</h1>",
+        _meta(analysis),
+        "<h2 id='verdicts'>Verdicts</h2>",
+        verdicts_html(analysis.verdicts),
+        f"<p class='meta'>{esc(_verdict_legend())}</p>",
+        "<h2 id='excluded'>Left out of the averages</h2>",
+        _excluded(analysis),
+        "<h2 id='claims'>Efficiency claims</h2>",
+        _claims(analysis, benchmark_path),
+    ]
+    for ablation in ablations:
+        sections += [
+            f"<h2 id='ablation-{esc(_html.safe_dirname(ablation))}'>Ablation: {esc(ablation)}</h2>",
+            _html.figure_img(plot_deltas(analysis, ablation), f"deltas for {ablation}"),
+            "<h3>Learning curves</h3>",
+            _html.figure_img(
+                plot_learning_curves(analysis.runs, histories, ablation, keys),
+                f"learning curves for {ablation}",
+            )
+            if keys
+            else "<p>No step-wise metrics (train/loss, val/*) were logged.</p>",
+        ]
+    sections += ["<h2 id='runs'>Runs</h2>", _runs(analysis, ui_url)]
+    return _html.page(f"{analysis.study}: ablation dashboard", "\n".join(sections))
+
+
+def verdicts_html(verdicts: pd.DataFrame) -> str:
+    """The verdict table as HTML (also used by the comparison page)."""
+    return _html.table(
+        verdicts,
+        {
+            "model": "model",
+            "ablation": "ablation",
+            "arm": "arm",
+            "n": "seeds (n)",
+            "delta_abs_mean": "Δ mean (metric units)",
+            "delta_rel_mean": "Δ mean (% of baseline)",
+            "ci": "CI",
+            "expected": "expected",
+            "verdict": "verdict",
+            "note": "note",
+        },
+        cells={
+            "delta_abs_mean": lambda r: _html.number(r["delta_abs_mean"], 4, signed=True),
+            "delta_rel_mean": lambda r: _html.number(r["delta_rel_mean"], 1, signed=True),
+            "ci": lambda r: esc(_html.interval(r["ci_low"], r["ci_high"])),
+            "expected": lambda r: esc(_html.interval(r["expected_low"], r["expected_high"], 0)),
+            "verdict": lambda r: _html.verdict_badge(r["verdict"]),
+        },
+    )
+
+
+def _meta(analysis: StudyAnalysis) -> str:
+    runs = analysis.runs
+    statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
+    scale = (
+        "relative change in % of the same-seed baseline"
+        if analysis.expectations.scale == "relative"
+        else f"absolute change in {analysis.metric}"
+    )
+    lines = [
+        f"Metric: {analysis.metric}; verdict scale: {scale}.",
+        f"Interval: {analysis.deltas.interval_description}.",
+        f"Runs: {len(runs)} ({statuses}). Store: {analysis.tracking_uri}.",
+        f"Generated {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.",
+    ]
+    return "".join(f"<p class='meta'>{esc(line)}</p>" for line in lines)
+
+
+def _verdict_legend() -> str:
+    return (
+        "Verdicts, judged on the interval: "
+        + "; ".join(f"{name}: {meaning}" for name, meaning in VERDICT_MEANINGS.items())
+        + "."
+    )
+
+
+def _excluded(analysis: StudyAnalysis) -> str:
+    excluded = analysis.deltas.excluded
+    if excluded.empty:
+        return "<p>None: every run was paired and averaged in.</p>"
+    return _html.table(
+        excluded,
+        {
+            "run_name": "run",
+            "run_id": "run id",
+            "model": "model",
+            "ablation": "ablation",
+            "arm": "arm",
+            "seed": "seed",
+            "reason": "reason",
+        },
+        cells={"seed": lambda r: esc("—" if pd.isna(r["seed"]) else int(r["seed"]))},
+    )
+
+
+def _claims(analysis: StudyAnalysis, benchmark_path: str | Path) -> str:
+    parts = []
+    benchmark = load_benchmark(benchmark_path)
+    if benchmark is None:
+        parts.append(f"<p>{esc(benchmark_path)} not found: run <code>make benchmark</code>.</p>")
+    else:
+        setup = ", ".join(
+            f"{k} {benchmark[k]}" for k in ("device", "batch", "input_size") if k in benchmark
+        )
+        parts.append(f"<p class='meta'>Measured: {esc(benchmark_path)} ({esc(setup)}).</p>")
+        parts.append(
+            _html.table(
+                benchmark_claims(benchmark, analysis.expectations),
+                {
+                    "claim": "claim",
+                    "unit": "unit",
+                    "report": "report",
+                    "measured": "measured",
+                    "holds": "holds",
+                },
+                cells={
+                    "report": lambda r: esc(_claim_value(r["report"], r["unit"])),
+                    "measured": lambda r: esc(_claim_value(r["measured"], r["unit"])),
+                    "holds": lambda r: {True: "yes", False: "NO"}.get(r["holds"], ""),
+                },
+            )
+        )
+        parts.append("<h3>Parameters by component</h3>")
+        parts.append(
+            _html.table(
+                component_breakdown(benchmark, analysis.expectations),
+                {c: c for c in ("model", "component", "report", "measured")},
+                cells={
+                    "report": lambda r: esc(_claim_value(r["report"], "parameters")),
+                    "measured": lambda r: esc(_claim_value(r["measured"], "parameters")),
+                },
+            )
+        )
+    counts = parameter_counts(analysis.runs)
+    if not counts.empty:
+        parts.append("<h3>Did each ablation take effect? (sizes the runs recorded)</h3>")
+        parts.append(
+            _html.table(
+                counts,
+                {"model": "model", "arm": "arm", "key": "key", "values": "values"},
+                cells={"values": lambda r: esc(", ".join(map(str, r["values"])))},
+            )
+        )
+    return "\n".join(parts)
+
+
+def _short(value: object, width: int) -> str:
+    """A long id cut to ``width`` characters, keeping a ``-dirty`` mark."""
+    if value is None or pd.isna(value):
+        return "—"
+    text = str(value)
+    dirty = "-dirty" if text.endswith("-dirty") else ""
+    return text.removesuffix("-dirty")[:width] + dirty
+
+
+def _claim_value(value: float, unit: str) -> str:
+    if pd.isna(value):
+        return "—"
+    if unit == "parameters":
+        return f"{value / 1e6:.3f} M"
+    return _html.number(value, 1 if unit.startswith("%") else 2)
+
+
+def _runs(analysis: StudyAnalysis, ui_url: str) -> str:
+    metric = f"metrics.{analysis.metric}"
+    runs = analysis.runs.copy()
+    runs["value"] = runs[metric] if metric in runs else float("nan")
+
+    def link(row: pd.Series) -> str:
+        url = run_url(ui_url, str(row["experiment_id"]), str(row["run_id"]))
+        return f"<a href='{esc(url)}'>{esc(row['run_name'] or row['run_id'])}</a>"
+
+    return _html.table(
+        runs,
+        {
+            "run_name": "run (MLflow)",
+            "model": "model",
+            "ablation": "ablation",
+            "arm": "arm",
+            "seed": "seed",
+            "status": "status",
+            "value": analysis.metric,
+            "eval_of": "eval of",
+            "config_hash": "config hash",
+            "git_sha": "git sha",
+            "profile": "profile",
+        },
+        cells={
+            "run_name": link,
+            "seed": lambda r: esc("—" if pd.isna(r["seed"]) else int(r["seed"])),
+            "value": lambda r: _html.number(r["value"], 4),
+            "eval_of": lambda r: esc(_short(r["eval_of"], 12)),
+            "git_sha": lambda r: esc(_short(r["git_sha"], 10)),
+        },
+    )

@@ -1,0 +1,84 @@
+"""The PSALM report's predictions as data: ``conf/expectations.yaml`` loaded and checked.
+
+The ranges are what the verdicts judge measured deltas against; the benchmark figures are shown
+beside ``reports/benchmark.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_EXPECTATIONS = Path(__file__).resolve().parents[1] / "conf" / "expectations.yaml"
+SCALES = ("relative", "absolute")
+
+
+@dataclass(frozen=True)
+class ExpectedRange:
+    """Predicted change of a variant vs its baseline: ``low <= change <= high`` (both <= 0)."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """Everything ``conf/expectations.yaml`` says.
+
+    ``ranges`` maps ``(ablation, model)`` (lower case) to the predicted change, in % of the
+    baseline's value when ``scale == "relative"``, in metric units when ``"absolute"``.
+    """
+
+    metric: str
+    scale: str
+    confidence: float
+    ranges: dict[tuple[str, str], ExpectedRange]
+    benchmark: dict[str, Any] = field(default_factory=dict)
+
+    def range_for(self, ablation: str, model: str) -> ExpectedRange | None:
+        """The predicted range for one ablation and model, or None if the report makes none."""
+        return self.ranges.get((str(ablation).lower(), str(model).lower()))
+
+
+def load_expectations(path: str | Path | None = None) -> Expectations:
+    """Read and validate an expectations file (default: the repo's ``conf/expectations.yaml``)."""
+    path = Path(path) if path is not None else DEFAULT_EXPECTATIONS
+    if not path.is_file():
+        raise FileNotFoundError(f"expectations file {path} not found (see conf/expectations.yaml)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    where = f"in {path}"
+    scale = raw.get("scale", "relative")
+    if scale not in SCALES:
+        raise ValueError(f"scale {scale!r} {where} must be one of {SCALES}")
+    confidence = float(raw.get("confidence", 0.95))
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence {confidence} {where} must lie strictly between 0 and 1")
+    ranges: dict[tuple[str, str], ExpectedRange] = {}
+    for ablation, per_model in (raw.get("ablations") or {}).items():
+        for model, bounds in (per_model or {}).items():
+            ranges[(str(ablation).lower(), str(model).lower())] = _parse_range(
+                bounds, f"ablations.{ablation}.{model} {where}"
+            )
+    return Expectations(
+        metric=str(raw.get("metric", "test/nAP50")),
+        scale=scale,
+        confidence=confidence,
+        ranges=ranges,
+        benchmark=dict(raw.get("benchmark") or {}),
+    )
+
+
+def _parse_range(bounds: Any, where: str) -> ExpectedRange:
+    if not isinstance(bounds, list | tuple) or len(bounds) != 2:
+        raise ValueError(f"{where}: expected [low, high], got {bounds!r}")
+    low, high = sorted(float(b) for b in bounds)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{where}: bounds must be finite numbers, got {bounds!r}")
+    if high > 0:
+        # The verdict names (smaller / larger drop, opposite sign) assume a predicted drop.
+        raise ValueError(f"{where}: the report predicts drops; a range must lie <= 0, got {bounds}")
+    return ExpectedRange(low=low, high=high)

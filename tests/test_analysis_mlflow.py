@@ -1,0 +1,126 @@
+"""analysis against a real MLflow store: loading runs and the `python -m analysis` commands."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+from _analysis_fixtures import XSS_NAME, planted_store, planted_study
+
+from analysis import load_runs
+from analysis.__main__ import main
+
+JSON_KEYS = {
+    "model",
+    "ablation",
+    "arm",
+    "metric",
+    "n",
+    "delta_abs_mean",
+    "delta_rel_mean",
+    "ci_low",
+    "ci_high",
+    "expected_low",
+    "expected_high",
+    "verdict",
+}
+
+
+@pytest.fixture(scope="module")
+def store() -> str:
+    return planted_store()
+
+
+def test_load_runs_reads_one_study_into_a_tidy_frame(store):
+    runs = load_runs("planted", store)
+    assert len(runs) == len(planted_study()) and set(runs.study) == {"planted"}
+    assert runs.run_id.is_unique
+    for column in ("study", "ablation", "arm", "model", "seed", "config_hash", "git_sha"):
+        assert column in runs
+    assert str(runs.seed.dtype) == "Int64"
+    assert {"metrics.test/nAP50", "params.model.name", "status"} <= set(runs.columns)
+    assert set(runs.status) == {"FINISHED", "FAILED", "RUNNING"}
+    evals = runs[runs.arm == "support_none"]
+    assert evals.eval_of.isin(runs[runs.arm == "baseline"].run_id).all()
+    assert XSS_NAME in set(runs.run_name)
+
+
+def test_shared_baseline_layout_is_read(store):
+    runs = load_runs("shared", store)
+    baselines = runs[runs.arm == "baseline"]
+    assert len(baselines) == 3
+    assert set(baselines.ablations) == {("pyramid", "conv", "support")}
+
+
+def test_unknown_study_and_missing_store_are_explained(store, tmp_path):
+    with pytest.raises(LookupError, match=r"studies there: \['planted', 'planted_b', 'shared'\]"):
+        load_runs("nope", store)
+    with pytest.raises(FileNotFoundError, match="no MLflow store"):
+        load_runs("planted", f"sqlite:///{tmp_path / 'absent.db'}")
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_tracking_uri_comes_from_the_environment(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert len(load_runs("shared")) == 12
+
+
+def test_verdicts_json(store, capsys):
+    assert main(["verdicts", "planted", "--format", "json", "--tracking-uri", store]) == 0
+    out = capsys.readouterr()
+    rows = json.loads(out.out)
+    assert all(JSON_KEYS <= set(row) for row in rows)
+    by_cell = {(r["model"], r["ablation"], r["arm"]): r for r in rows}
+    within = by_cell[("cheaf", "pyramid", "no_pyramid")]
+    assert within["verdict"] == "within" and within["n"] == 4
+    assert within["delta_rel_mean"] == pytest.approx(-12.5)
+    assert within["ci_low"] < -12.5 < within["ci_high"]
+    assert (within["expected_low"], within["expected_high"]) == (-15, -10)
+    assert within["metric"] == "test/nAP50"
+    single = by_cell[("psalm", "support", "support_shuffled")]
+    assert single["n"] == 1 and single["ci_low"] is None and single["verdict"] == "inconclusive"
+    assert "status FAILED" in out.err  # left-out runs are told, on stderr
+
+
+def test_verdicts_table_and_metric_option(store, capsys):
+    args = ["verdicts", "planted", "--tracking-uri", store, "--metric", "test/nAP"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "metric test/nAP;" in out and "Student t" in out
+    assert "opposite sign" in out and "larger drop" in out
+    assert "not averaged in" in out and "no baseline run with seed 7" in out
+
+
+def test_compare_marks_deltas_that_moved(store, tmp_path, capsys):
+    args = ["compare", "planted", "planted_b", "--tracking-uri", store, "--out", str(tmp_path)]
+    assert main([*args, "--format", "json"]) == 0
+    out = capsys.readouterr()
+    rows = {(r["model"], r["ablation"], r["arm"]): r for r in json.loads(out.out)}
+    assert rows[("cheaf", "pyramid", "no_pyramid")]["moved"] is True
+    assert rows[("cheaf", "pyramid", "no_pyramid")]["change"] == pytest.approx(-12.5)
+    assert rows[("psalm", "pyramid", "no_pyramid")]["moved"] is False
+    assert rows[("cheaf", "support", "support_none")]["note"] == "only in A"
+    page = Path(out.err.strip().splitlines()[-1])
+    assert page.is_file() and "MOVED" in page.read_text()
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "MOVED" in text and "within -> inconclusive" not in text
+
+
+def test_bad_study_exits_2_with_the_reason(store, capsys):
+    assert main(["verdicts", "nope", "--tracking-uri", store]) == 2
+    assert "no runs tagged study='nope'" in capsys.readouterr().err
+
+
+def test_module_entry_point(store, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setattr(sys, "argv", ["analysis", "verdicts", "shared", "--format", "json"])
+    monkeypatch.delitem(sys.modules, "analysis.__main__")  # run it afresh, as `python -m` does
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("analysis", run_name="__main__")
+    assert exit_.value.code == 0
+    verdicts = {r["ablation"]: r["verdict"] for r in json.loads(capsys.readouterr().out)}
+    assert verdicts == {"pyramid": "within", "conv": "within", "support": "within"}

@@ -1,0 +1,49 @@
+"""The papermill-parameterised ablation notebook: stored clean, runs against a real store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from _analysis_fixtures import planted_store
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "analysis" / "notebooks" / "ablation_report.ipynb"
+
+
+def test_notebook_is_stored_without_outputs_and_without_logic():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
+    parameters = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
+    assert len(parameters) == 1
+    for name in ("study", "tracking_uri", "metric"):
+        assert f"{name} = " in parameters[0].source
+    source = "\n".join(cell.source for cell in code)
+    assert "def " not in source and "class " not in source  # logic lives in analysis/
+    imports = [line for line in source.splitlines() if "import " in line]
+    assert imports == ["import analysis"]
+
+
+@pytest.mark.slow
+def test_notebook_runs_against_a_real_study(tmp_path):
+    papermill = pytest.importorskip("papermill")
+    out = tmp_path / "report.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOK),
+        str(out),
+        parameters={"study": "planted", "tracking_uri": planted_store()},
+        cwd=str(tmp_path),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    nb = nbformat.read(out, as_version=4)
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "opposite sign" in text and "smaller drop" in text and "Student t" in text
+    assert "run `make benchmark`" in text  # no reports/benchmark.json in the working folder
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 6  # deltas and learning curves of three ablations
+    tables = [o for o in outputs if "text/html" in o.get("data", {})]
+    assert any("status FAILED" in o.data["text/html"] for o in tables)
