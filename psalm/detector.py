@@ -163,8 +163,11 @@ class FewShotDetector(nn.Module):
         """Focal loss on the Gaussian heatmaps, L1 on centre offsets and log sizes."""
         heat_terms, box_terms = [], []
         num_pos = sum(len(b) for b in boxes)
+        boxes = [b.cpu() for b in boxes]  # targets are built on the CPU, then moved once
         for level, out in enumerate(outputs):
-            target, mask, box_target = self._targets(level, out.heatmap.shape, boxes)
+            target, mask, box_target = (
+                t.to(out.heatmap.device) for t in self._targets(level, out.heatmap.shape, boxes)
+            )
             heat_terms.append(_focal_loss(out.heatmap, target))
             if mask.any():
                 pred = out.box.permute(0, 2, 3, 1)[mask]  # (P, 4)
@@ -180,7 +183,7 @@ class FewShotDetector(nn.Module):
         """Heatmap target (B, 1, H, W), centre mask (B, H, W), box targets (P, 4) in mask order."""
         b, _, h, w = shape
         stride = self.strides[level]
-        device = boxes[0].device if boxes else torch.device("cpu")
+        device = torch.device("cpu")
         target = torch.zeros(b, 1, h, w, device=device)
         mask = torch.zeros(b, h, w, dtype=torch.bool, device=device)
         box_target = torch.zeros(b, h, w, 4, device=device)

@@ -131,12 +131,13 @@ def fit(
         sched.load_state_dict(state["scheduler"])
         start = state["step"]
     report = on_metrics or (lambda metrics, step: None)
+    device = next(model.parameters()).device
     model.train()
     t0, loss_value = time.perf_counter(), float("nan")
     for step in range(start, settings.steps):
         batch = data.train_batch(step, settings.batch_size, settings.shots, settings.seed)
-        images = batch.queries.contiguous(memory_format=torch.channels_last)
-        losses = model.loss(model(images, batch.supports), batch.boxes)
+        images = batch.queries.to(device).contiguous(memory_format=torch.channels_last)
+        losses = model.loss(model(images, batch.supports.to(device)), batch.boxes)
         loss = losses["loss"]
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value) or loss_value > settings.max_loss:
@@ -205,16 +206,16 @@ def evaluate(
         return support_cache[class_id]
 
     detections = []
+    device = next(model.parameters()).device
     size = tuple(ev.images.shape[-2:])
     for start in range(0, len(ev.queries), batch_size):
         chunk = ev.queries[start : start + batch_size]
-        images = torch.stack([ev.images[i] for i, _ in chunk]).contiguous(
-            memory_format=torch.channels_last
-        )
-        supports = torch.stack([supports_for(c) for _, c in chunk])
+        images = torch.stack([ev.images[i] for i, _ in chunk]).to(device)
+        images = images.contiguous(memory_format=torch.channels_last)
+        supports = torch.stack([supports_for(c) for _, c in chunk]).to(device)
         outputs = model(images, supports, support_mode="none" if mode == "none" else "normal")
         for (i, c), (boxes, scores) in zip(
             chunk, model.decode(outputs, top_k=top_k, image_size=size), strict=True
         ):
-            detections.append(Detection(ev.image_ids[i], c, boxes, scores))
+            detections.append(Detection(ev.image_ids[i], c, boxes.cpu(), scores.cpu()))
     return evaluate_fewshot(ev.coco_gt, detections, data.novel_ids, data.base_ids)
