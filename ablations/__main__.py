@@ -115,9 +115,10 @@ def _tracking_server(uri: str, launcher: LauncherConfig, n_jobs: int):
     if not (parallel and uri.startswith("sqlite:")):
         yield uri
         return
-    from pipeline.mlflow_server import mlflow_server
+    from pipeline.mlflow_server import tracking_server
 
-    with mlflow_server(uri) as server_uri:
+    with tracking_server(backend_store_uri=uri) as server:
+        server_uri = server.uri
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         os.environ["MLFLOW_TRACKING_URI"] = server_uri
         print(f"tracking through a loopback MLflow server {server_uri} over {uri}", flush=True)

@@ -128,7 +128,8 @@ class _Progress:
 
 
 def _set_threads(cfg: dict[str, Any]) -> torch.device:
-    threads = int(os.environ.get("PSALM_THREADS", cfg["train"]["threads"]))
+    # a dispatch slot's size wins over the config's (the local queue sets DISPATCH_THREADS)
+    threads = int(os.environ.get("DISPATCH_THREADS", cfg["train"]["threads"]))
     torch.set_num_threads(threads)
     device = cfg["train"].get("device", "auto")
     if device == "auto":

@@ -1,0 +1,1 @@
+"""Glue between the psalm library and the outside world: config, dispatch, tracking."""

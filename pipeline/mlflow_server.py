@@ -1,0 +1,170 @@
+"""A loopback MLflow tracking server in front of a SQLite store, for jobs that log in parallel.
+
+Many processes writing one SQLite file directly can fail with "database is locked". Routed
+through one server process, the file has a single writer process, whose connections wait for
+each other (a 60 s SQLite busy timeout instead of the default 5 s):
+
+    from pipeline.mlflow_server import tracking_server
+
+    with tracking_server("sqlite:///mlflow.db") as server:
+        os.environ["MLFLOW_TRACKING_URI"] = server.uri   # http://127.0.0.1:<port>, jobs inherit it
+        ...                                              # dispatch jobs, wait for them
+
+The server lives as long as the `with` block: start it around a blocking dispatch. Artifacts
+are not proxied: runs get a local artifact location (MLflow's own default, ./mlruns, unless
+`artifact_root` says otherwise) that jobs write directly, so the store reads the same with or
+without the server afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class TrackingServer:
+    """A running server: where to reach it, and where it logs."""
+
+    uri: str  # http://127.0.0.1:<port>
+    backend_store_uri: str
+    artifact_root: str
+    log_path: Path
+    pid: int
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _with_busy_timeout(store_uri: str) -> str:
+    """The SQLite URI with SQLite's busy timeout raised (pysqlite reads `timeout` from it)."""
+    if not store_uri.startswith("sqlite:") or "timeout=" in store_uri:
+        return store_uri
+    separator = "&" if "?" in store_uri else "?"
+    return f"{store_uri}{separator}timeout={SQLITE_BUSY_TIMEOUT_S}"
+
+
+def _absolute_sqlite_uri(store_uri: str) -> str:
+    """`sqlite:///relative.db` resolved against the working directory, so the server (started
+    with another working directory or not) opens the same file."""
+    prefix = "sqlite:///"
+    if not store_uri.startswith(prefix) or store_uri.startswith(prefix + "/"):
+        return store_uri
+    path, _, query = store_uri[len(prefix) :].partition("?")
+    absolute = prefix + str(Path(path).resolve())
+    return f"{absolute}?{query}" if query else absolute
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """End the server's process group (uvicorn and its workers), politely first."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace_s)
+
+
+@contextlib.contextmanager
+def tracking_server(
+    backend_store_uri: str = "sqlite:///mlflow.db",
+    *,
+    artifact_root: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    log_path: str | Path | None = None,
+    startup_timeout_s: float = 120.0,
+) -> Iterator[TrackingServer]:
+    """Start `mlflow server` on a free loopback port, wait until GET /health answers, yield it,
+    and stop it on exit. The first start on a new SQLite file also creates its tables."""
+    store_uri = _with_busy_timeout(_absolute_sqlite_uri(backend_store_uri))
+    artifacts = str(Path(artifact_root or "mlruns").resolve())
+    if log_path is None:
+        handle, name = tempfile.mkstemp(prefix="mlflow-server-", suffix=".log")
+        os.close(handle)
+        log_path = name
+    log_path = Path(log_path)
+    port = port or free_port(host)
+    uri = f"http://{host}:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        store_uri,
+        "--default-artifact-root",
+        artifacts,
+        "--no-serve-artifacts",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",  # one process owns the SQLite file
+    ]
+    # MLflow 3's server also starts a job runner with several worker processes (for GenAI
+    # features): seconds of CPU each, and nothing here needs them.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stopping reaches the workers
+        )
+    try:
+        deadline = time.time() + startup_timeout_s
+        while not _healthy(uri):
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited with code {process.returncode} before answering on "
+                    f"{uri}; its log ({log_path}) ends with:\n{_log_tail(log_path)}"
+                )
+            if time.time() > deadline:
+                raise TimeoutError(
+                    f"mlflow server did not answer {uri}/health within {startup_timeout_s:.0f} s;"
+                    f" its log ({log_path}) ends with:\n{_log_tail(log_path)}"
+                )
+            time.sleep(0.2)
+        yield TrackingServer(uri, store_uri, artifacts, log_path, process.pid)
+    finally:
+        _stop(process)

@@ -1,0 +1,78 @@
+"""The loopback MLflow server: parallel writers through it lose nothing and never lock SQLite."""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+from pathlib import Path
+
+import pytest
+
+from pipeline.mlflow_server import _absolute_sqlite_uri, _with_busy_timeout, tracking_server
+
+WRITERS = 8
+STEPS = 50
+PARAMS = 5
+
+
+def test_sqlite_uri_is_made_absolute_and_patient(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert (
+        _absolute_sqlite_uri("sqlite:///runs/mlflow.db") == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    )
+    assert _absolute_sqlite_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
+    assert _with_busy_timeout("sqlite:////abs/m.db") == "sqlite:////abs/m.db?timeout=60"
+    assert _with_busy_timeout("sqlite:////abs/m.db?timeout=5") == "sqlite:////abs/m.db?timeout=5"
+    assert _with_busy_timeout("postgresql://db/mlflow") == "postgresql://db/mlflow"
+
+
+def _write_run(uri: str, writer: int) -> None:
+    """One job's worth of logging: params, then one metric per step, then the end of the run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    run_id = client.create_run("0", tags={"writer": str(writer)}).info.run_id
+    for p in range(PARAMS):
+        client.log_param(run_id, f"p{p}", writer)
+    for step in range(STEPS):
+        client.log_metric(run_id, "train/loss", writer * 1000.0 + step, step=step)
+    client.set_terminated(run_id)
+
+
+@pytest.mark.slow
+def test_concurrent_writers_through_the_server_lose_nothing(
+    tmp_mlflow_uri: str, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    log = tmp_path / "server.log"
+    with tracking_server(tmp_mlflow_uri, artifact_root=tmp_path / "mlruns", log_path=log) as server:
+        # Forked writers start at once (mlflow is already imported) and share nothing with this
+        # process: it has not talked to the server yet.
+        context = multiprocessing.get_context("fork")
+        writers = [context.Process(target=_write_run, args=(server.uri, k)) for k in range(WRITERS)]
+        for process in writers:
+            process.start()
+        for process in writers:
+            process.join(timeout=120)
+        assert [p.exitcode for p in writers] == [0] * WRITERS
+
+        client = MlflowClient(server.uri)
+        runs = client.search_runs(["0"], max_results=100)
+        assert len(runs) == WRITERS
+        for run in runs:
+            writer = int(run.data.tags["writer"])
+            assert run.info.status == "FINISHED"
+            assert run.data.params == {f"p{p}": str(writer) for p in range(PARAMS)}
+            history = client.get_metric_history(run.info.run_id, "train/loss")
+            assert sorted((m.step, m.value) for m in history) == [
+                (step, writer * 1000.0 + step) for step in range(STEPS)
+            ]
+        port = int(server.uri.rsplit(":", 1)[1])
+
+    # The same rows are in the SQLite file itself, and the server is gone.
+    direct = MlflowClient(tmp_mlflow_uri)
+    assert len(direct.search_runs(["0"], max_results=100)) == WRITERS
+    assert "database is locked" not in log.read_text()
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
