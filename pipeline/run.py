@@ -90,6 +90,7 @@ def train_settings(cfg: dict[str, Any]) -> TrainSettings:
         grad_clip=train["grad_clip"],
         checkpoint_every=train["checkpoint_every"],
         eval_every=train["eval_every"],
+        match_weight=train["match_weight"],
     )
 
 

@@ -16,8 +16,11 @@ cell there, and the centre cell regresses the sub-cell offset and the box's log 
 Decoding keeps 3×3 local maxima per level, the top ``top_k`` over all levels, then NMS.
 
 The support reaches the prediction only through the fusion module, unless ``support_in_head``
-adds a cosine-similarity map between the fused features and the support prototype to the head's
-input (a prototype head, as in the report's source project). ``support_mode="none"`` passes
+adds a cosine-similarity map between the query's and the support's embeddings to the head's
+input (a prototype head, as in the report's source project). The embeddings (a 1×1 projection
+of the backbone's maps per level) are trained by an optional matching loss (``match_weight``):
+it makes the shared backbone's features tell classes apart, which the fusion module's support
+path can then use. ``support_mode="none"`` passes
 ``support_features=None`` to the fusion module only; with ``support_in_head`` the head still sees
 the support, so say which when reporting a support ablation.
 """
@@ -91,6 +94,15 @@ class LevelOutput:
     box: Tensor  # (B, 4, H, W): offset x, offset y (cells), log(w / stride), log(h / stride)
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """A forward pass: per-level predictions, plus the embeddings the matching loss uses."""
+
+    levels: list[LevelOutput]
+    query_embeddings: list[Tensor]  # per level (B, D, H, W), L2-normalised over D
+    support_embeddings: list[Tensor]  # per level (B, D), L2-normalised
+
+
 class FewShotDetector(nn.Module):
     """Detects the instances of the support's class in the query image."""
 
@@ -102,6 +114,8 @@ class FewShotDetector(nn.Module):
         head_channels: int = 64,
         level_sizes: Sequence[float] = (16, 32, 64, 128),
         support_in_head: bool = False,
+        embed_dim: int = 64,
+        match_temperature: float = 0.1,
     ) -> None:
         super().__init__()
         self.backbone = Backbone(backbone_channels)
@@ -109,14 +123,15 @@ class FewShotDetector(nn.Module):
         self.strides = (4, 8, 16, 32)
         self.level_sizes = tuple(float(s) for s in level_sizes)
         self.support_in_head = support_in_head
+        self.match_temperature = match_temperature
         extra = 1 if support_in_head else 0
         self.head_inputs = nn.ModuleList(
             nn.Conv2d(c + extra, head_channels, 1) for c in fused_channels
         )
-        if support_in_head:
-            # prototype matching: project fused query features and support features alike
-            self.match_query = nn.ModuleList(nn.Conv2d(c, 64, 1) for c in fused_channels)
-            self.match_support = nn.ModuleList(nn.Linear(c, 64) for c in backbone_channels)
+        # Siamese embeddings of the backbone's query maps and support prototypes, per level:
+        # trained by the matching loss, and the head's similarity map if support_in_head.
+        self.embed_query = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in backbone_channels)
+        self.embed_support = nn.ModuleList(nn.Linear(c, embed_dim) for c in backbone_channels)
         self.tower = nn.Sequential(
             _conv_block(head_channels, head_channels), _conv_block(head_channels, head_channels)
         )
@@ -124,9 +139,7 @@ class FewShotDetector(nn.Module):
         self.box = nn.Conv2d(head_channels, 4, 3, padding=1)
         nn.init.constant_(self.heatmap.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01
 
-    def forward(
-        self, images: Tensor, supports: Tensor, support_mode: str = "normal"
-    ) -> list[LevelOutput]:
+    def forward(self, images: Tensor, supports: Tensor, support_mode: str = "normal") -> Prediction:
         """images (B, 3, H, W); supports (B, K, 3, S, S); support_mode ``normal`` | ``none``."""
         if support_mode not in SUPPORT_MODES:
             raise ValueError(f"support_mode must be one of {SUPPORT_MODES}, got {support_mode!r}")
@@ -137,19 +150,19 @@ class FewShotDetector(nn.Module):
             for f in self.backbone(supports.flatten(0, 1))
         ]
         fused = self.fusion(query, None if support_mode == "none" else support)
-        outputs = []
+        q_emb = [F.normalize(e(q), dim=1) for e, q in zip(self.embed_query, query, strict=True)]
+        s_emb = [
+            F.normalize(e(s.mean(dim=(1, 3, 4))), dim=1)
+            for e, s in zip(self.embed_support, support, strict=True)
+        ]
+        levels = []
         for i, f in enumerate(fused):
             if self.support_in_head:
-                f = torch.cat([f, self._match(i, f, support[i])], dim=1)
+                similarity = torch.einsum("bdhw,bd->bhw", q_emb[i], s_emb[i])[:, None]
+                f = torch.cat([f, similarity], dim=1)
             h = self.tower(self.head_inputs[i](f))
-            outputs.append(LevelOutput(self.heatmap(h), self.box(h)))
-        return outputs
-
-    def _match(self, level: int, fused: Tensor, support: Tensor) -> Tensor:
-        """Cosine similarity between each position and the support prototype: (B, 1, H, W)."""
-        proto = F.normalize(self.match_support[level](support.mean(dim=(1, 3, 4))), dim=1)
-        feats = F.normalize(self.match_query[level](fused), dim=1)
-        return torch.einsum("bchw,bc->bhw", feats, proto)[:, None]
+            levels.append(LevelOutput(self.heatmap(h), self.box(h)))
+        return Prediction(levels, q_emb, s_emb)
 
     # ------------------------------------------------------------------------------ training
 
@@ -159,11 +172,22 @@ class FewShotDetector(nn.Module):
         sizes = boxes.new_tensor(self.level_sizes)
         return (side.log()[:, None] - sizes.log()[None]).abs().argmin(dim=1)
 
-    def loss(self, outputs: list[LevelOutput], boxes: list[Tensor]) -> dict[str, Tensor]:
-        """Focal loss on the Gaussian heatmaps, L1 on centre offsets and log sizes."""
+    def loss(
+        self,
+        prediction: Prediction,
+        boxes: list[Tensor],
+        class_ids: Tensor | None = None,
+        match_weight: float = 0.0,
+    ) -> dict[str, Tensor]:
+        """Focal loss on the Gaussian heatmaps, L1 on centre offsets and log sizes, and (with
+        ``match_weight`` > 0) the matching loss: each target's query embedding must be nearer its
+        own episode's support embedding than the other episodes' (InfoNCE over the batch;
+        episodes of the same class are not counted as negatives)."""
         heat_terms, box_terms = [], []
         num_pos = sum(len(b) for b in boxes)
         boxes = [b.cpu() for b in boxes]  # targets are built on the CPU, then moved once
+        outputs = prediction.levels
+        match_logits, match_labels = [], []
         for level, out in enumerate(outputs):
             target, mask, box_target = (
                 t.to(out.heatmap.device) for t in self._targets(level, out.heatmap.shape, boxes)
@@ -172,10 +196,29 @@ class FewShotDetector(nn.Module):
             if mask.any():
                 pred = out.box.permute(0, 2, 3, 1)[mask]  # (P, 4)
                 box_terms.append(F.l1_loss(pred, box_target, reduction="sum"))
+                if match_weight > 0:
+                    episode = mask.nonzero()[:, 0]  # (P,) which episode each centre belongs to
+                    q = prediction.query_embeddings[level].permute(0, 2, 3, 1)[mask]  # (P, D)
+                    logits = q @ prediction.support_embeddings[level].T  # (P, B)
+                    match_logits.append(logits / self.match_temperature)
+                    match_labels.append(episode)
         norm = max(num_pos, 1)
         heat = torch.stack(heat_terms).sum() / norm
         box = torch.stack(box_terms).sum() / norm if box_terms else heat.new_zeros(())
-        return {"loss": heat + box, "heatmap": heat, "box": box}
+        losses = {"heatmap": heat, "box": box}
+        total = heat + box
+        if match_weight > 0 and match_logits:
+            logits, labels = torch.cat(match_logits), torch.cat(match_labels)
+            if class_ids is not None:  # same-class episodes are not negatives
+                cls = class_ids.to(logits.device)
+                same = (cls[labels][:, None] == cls[None, :]) & (
+                    labels[:, None] != torch.arange(len(cls), device=logits.device)[None, :]
+                )
+                logits = logits.masked_fill(same, float("-inf"))
+            losses["match"] = F.cross_entropy(logits, labels)
+            total = total + match_weight * losses["match"]
+        losses["loss"] = total
+        return losses
 
     def _targets(
         self, level: int, shape: torch.Size, boxes: list[Tensor]
@@ -211,14 +254,14 @@ class FewShotDetector(nn.Module):
     @torch.no_grad()
     def decode(
         self,
-        outputs: list[LevelOutput],
+        prediction: Prediction,
         top_k: int = 100,
         nms_iou: float = 0.5,
         image_size: tuple[int, int] | None = None,
     ) -> list[tuple[Tensor, Tensor]]:
         """Scored boxes per image: a list of ``(boxes (N, 4) xyxy pixels, scores (N,))``."""
         per_level = []
-        for level, out in enumerate(outputs):
+        for level, out in enumerate(prediction.levels):
             stride = self.strides[level]
             heat = out.heatmap.sigmoid()
             peaks = heat == F.max_pool2d(heat, 3, stride=1, padding=1)

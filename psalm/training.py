@@ -53,6 +53,7 @@ class TrainSettings:
     eval_every: int = 0  # steps between validation evaluations (0: none during training)
     log_every: int = 1  # steps between train/loss reports
     max_loss: float = 1e4  # a loss above this (or non-finite) ends the run as diverged
+    match_weight: float = 0.0  # weight of the query–support matching loss (0: off)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -137,7 +138,8 @@ def fit(
     for step in range(start, settings.steps):
         batch = data.train_batch(step, settings.batch_size, settings.shots, settings.seed)
         images = batch.queries.to(device).contiguous(memory_format=torch.channels_last)
-        losses = model.loss(model(images, batch.supports.to(device)), batch.boxes)
+        prediction = model(images, batch.supports.to(device))
+        losses = model.loss(prediction, batch.boxes, batch.class_ids, settings.match_weight)
         loss = losses["loss"]
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value) or loss_value > settings.max_loss:
