@@ -8,27 +8,21 @@ SHELL := /bin/bash
 PYTHON ?= python3
 #? Virtual environment folder
 VENV ?= .venv
-#? Extra arguments appended to the command (pytest, psalm.train, ablations, sweeps, ...)
+#? Extra arguments appended to the command (pytest, psalm.train, ablations, ...)
 ARGS ?=
 #? Run size: smoke | default | paper
 PROFILE ?= default
 #? Where runs execute: local | slurm | debug
 LAUNCHER ?= local
-#? Model to sweep: psalm | cheaf
-MODEL ?= psalm
-#? Study name for report / ablation-status (e.g. pyramid)
+#? Study name for report / ablation-status: <ablation>-<profile>, e.g. pyramid-default
 STUDY ?=
-#? Studies (or runs) to compare: make compare A=... B=...
+#? Studies to compare: make compare A=... B=...
 A ?=
 B ?=
 #? MLflow store read by mlflow-ui (a server URL is opened as is)
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 #? Port of mlflow-ui (127.0.0.1 only)
 MLFLOW_PORT ?= 5000
-#? Optuna storage read by optuna-dashboard
-OPTUNA_STORAGE ?= sqlite:///optuna.db
-#? Port of optuna-dashboard (127.0.0.1 only)
-OPTUNA_PORT ?= 8080
 #? Index of a CUDA torch build for setup, e.g. https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
 
@@ -40,7 +34,7 @@ TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
 .PHONY: help setup test lint format benchmark train evaluate \
 	ablation-pyramid ablation-conv ablation-support ablations ablation-status \
-	sweep report compare mlflow-ui optuna-dashboard slurm-up slurm-down clean distclean
+	report compare mlflow-ui slurm-up slurm-down clean distclean
 
 ##@ General
 
@@ -110,8 +104,6 @@ ablations: $(STAMP) ## All ablation studies, sharing baseline runs; PROFILE, LAU
 ablation-status: $(STAMP) ## Progress of submitted studies (STUDY= for one)
 	$(PY) -m ablations status $(STUDY) $(ARGS)
 
-sweep: $(STAMP) ## Optuna hyper-parameter sweep of MODEL; PROFILE, LAUNCHER
-	$(PY) -m sweeps run $(MODEL) profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
 
 ##@ Results
 
@@ -129,13 +121,6 @@ mlflow-ui: $(STAMP) ## MLflow UI on 127.0.0.1:MLFLOW_PORT over MLFLOW_TRACKING_U
 	*) exec $(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" \
 		--host 127.0.0.1 --port $(MLFLOW_PORT);; \
 	esac
-
-optuna-dashboard: $(VENV)/bin/optuna-dashboard ## Optuna dashboard on 127.0.0.1:OPTUNA_PORT over OPTUNA_STORAGE
-	$(VENV)/bin/optuna-dashboard "$(OPTUNA_STORAGE)" --host 127.0.0.1 --port $(OPTUNA_PORT)
-
-# Only the dashboard target needs it, so it is installed on first use rather than for everyone.
-$(VENV)/bin/optuna-dashboard: $(STAMP)
-	$(PY) -m pip install 'optuna-dashboard>=0.16'
 
 ##@ Cluster
 

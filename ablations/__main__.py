@@ -161,11 +161,19 @@ def arm_table(runs, metric: str) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    folder = study_folder(args.study)
-    if not folder.exists():
-        print(f"error: no dispatched study {args.study!r} under {folder.parent}", file=sys.stderr)
-        return 2
-    print(format_status(status(folder)))
+    root = study_folder("_").parent
+    studies = [args.study] if args.study else sorted(p.name for p in root.glob("*") if p.is_dir())
+    if not studies:
+        print(f"no dispatched studies under {root}")
+        return 0
+    for study in studies:
+        folder = study_folder(study)
+        if not folder.exists():
+            known = ", ".join(sorted(p.name for p in root.glob("*"))) or "none"
+            print(f"error: no dispatched study {study!r} (known: {known})", file=sys.stderr)
+            return 2
+        print(f"study {study}:")
+        print(format_status(status(folder)))
     return 0
 
 
@@ -183,8 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="submit and return (cluster use)")
     p.add_argument("--force", action="store_true", help="rerun runs that already finished")
     p.set_defaults(func=_run)
-    p = sub.add_parser("status", help="the jobs of a dispatched study")
-    p.add_argument("study", help="the study's name, e.g. pyramid-default")
+    p = sub.add_parser("status", help="the jobs of a dispatched study (all if none named)")
+    p.add_argument("study", nargs="?", help="the study's name, e.g. pyramid-default")
     p.set_defaults(func=_status)
     p = sub.add_parser("list", help="the available studies")
     p.set_defaults(func=_list)
