@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         f"planned in {time.perf_counter() - t0:.1f}s",
         flush=True,
     )
-    folder = study_folder(plan.study)
+    folder = study_folder(plan.study, first.config["output_dir"])
     with _tracking_server(uri, launcher, len(todo_train) + len(todo_eval)):
         for phase, specs in (("training", todo_train), ("evaluation", todo_eval)):
             if not specs:
@@ -161,13 +161,13 @@ def arm_table(runs, metric: str) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    root = study_folder("_").parent
+    root = study_folder("_", args.output_dir).parent
     studies = [args.study] if args.study else sorted(p.name for p in root.glob("*") if p.is_dir())
     if not studies:
         print(f"no dispatched studies under {root}")
         return 0
     for study in studies:
-        folder = study_folder(study)
+        folder = study_folder(study, args.output_dir)
         if not folder.exists():
             known = ", ".join(sorted(p.name for p in root.glob("*"))) or "none"
             print(f"error: no dispatched study {study!r} (known: {known})", file=sys.stderr)
@@ -193,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
     p = sub.add_parser("status", help="the jobs of a dispatched study (all if none named)")
     p.add_argument("study", nargs="?", help="the study's name, e.g. pyramid-default")
+    p.add_argument("--output-dir", default="runs", help="the runs' output_dir (default: runs)")
     p.set_defaults(func=_status)
     p = sub.add_parser("list", help="the available studies")
     p.set_defaults(func=_list)

@@ -167,6 +167,7 @@ def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
     return Plan(study=sid, train=tuple(train), evaluate=tuple(evaluate))
 
 
-def study_folder(study: str) -> Path:
-    """Where a study's dispatch files and logs live."""
-    return REPO_ROOT / "outputs" / "studies" / study
+def study_folder(study: str, output_dir: str | Path = "runs") -> Path:
+    """Where a study's dispatch files and job logs live: ``<output_dir>/studies/<study>``."""
+    root = Path(output_dir)
+    return (root if root.is_absolute() else REPO_ROOT / root) / "studies" / study
