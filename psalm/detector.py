@@ -130,8 +130,11 @@ class FewShotDetector(nn.Module):
         )
         # Siamese embeddings of the backbone's query maps and support prototypes, per level:
         # trained by the matching loss, and the head's similarity map if support_in_head.
+        # The support's embedding is one vector from all its levels pooled (a glyph's size in a
+        # support crop is fixed while query objects span the levels, so per-level support
+        # prototypes would compare different scales); the query's is per level and position.
         self.embed_query = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in backbone_channels)
-        self.embed_support = nn.ModuleList(nn.Linear(c, embed_dim) for c in backbone_channels)
+        self.embed_support = nn.Linear(sum(backbone_channels), embed_dim)
         self.tower = nn.Sequential(
             _conv_block(head_channels, head_channels), _conv_block(head_channels, head_channels)
         )
@@ -151,10 +154,8 @@ class FewShotDetector(nn.Module):
         ]
         fused = self.fusion(query, None if support_mode == "none" else support)
         q_emb = [F.normalize(e(q), dim=1) for e, q in zip(self.embed_query, query, strict=True)]
-        s_emb = [
-            F.normalize(e(s.mean(dim=(1, 3, 4))), dim=1)
-            for e, s in zip(self.embed_support, support, strict=True)
-        ]
+        pooled = torch.cat([s.mean(dim=(1, 3, 4)) for s in support], dim=1)  # (B, ΣC)
+        s_emb = [F.normalize(self.embed_support(pooled), dim=1)] * len(query)
         levels = []
         for i, f in enumerate(fused):
             if self.support_in_head:

@@ -1,0 +1,94 @@
+"""A smoke ablation study through the real SLURM launcher, with one run preempted mid-training.
+
+Needs a reachable SLURM controller (``.ci/run`` starts one with scripts/slurm-up.sh); without one
+the test skips with the reason. Jobs log through a loopback MLflow tracking server, as a cluster
+user would, so SLURM tasks never share a SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.dispatch import status, wait_for
+from pipeline.mlflow_server import tracking_server
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 30
+
+
+def _slurm_unavailable() -> str | None:
+    try:
+        nodes = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"no SLURM client here ({exc})"
+    if nodes.returncode != 0:
+        return f"the SLURM controller is unreachable: {nodes.stderr.strip()}"
+    if not any(s.strip().rstrip("*~#$@") in ("idle", "mix", "alloc") for s in nodes.stdout.split()):
+        return f"no usable SLURM node (sinfo states: {nodes.stdout.split()})"
+    return None
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_slurm_study_survives_a_preemption_with_one_run_per_cell(tmp_path: Path) -> None:
+    reason = _slurm_unavailable()
+    if reason:
+        pytest.skip(reason)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = tmp_path / "runs"
+    with tracking_server(backend_store_uri=store) as server:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+        cmd = [
+            sys.executable, "-m", "ablations", "run", "pyramid", "profile=smoke",
+            "launcher=slurm", "launcher.time_min=10", "launcher.mem_gb=2",
+            "seeds=[0]", "models=[psalm]", f"output_dir={runs}",
+            f"train.steps={STEPS}", "train.checkpoint_every=5", "data.n_test=6", "--no-wait",
+        ]  # fmt: skip
+        submitted = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert submitted.returncode == 0, submitted.stderr[-3000:]
+        folder = runs / "studies" / "pyramid-smoke"
+
+        # Preempt the baseline once it has a checkpoint but before it finishes.
+        deadline = time.time() + 240
+        checkpoints = list(runs.glob("*/checkpoint.pt"))
+        while time.time() < deadline and not checkpoints:
+            time.sleep(0.2)
+            checkpoints = list(runs.glob("*/checkpoint.pt"))
+        assert checkpoints, f"no run wrote a checkpoint in time: {status(folder)}"
+        jobs = {s.label: s for s in status(folder)}
+        victim = next(s for s in jobs.values() if s.state == "running")
+        subprocess.run(["scancel", "--signal=USR2", victim.job_id], check=True)
+        while time.time() < deadline:  # requeued and held (BeginTime): release it at once
+            current = next(s for s in status(folder) if s.label == victim.label)
+            if current.state == "queued" and current.attempts >= 1:
+                break
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "update", f"JobId={victim.job_id}", "StartTime=now"])
+        final = wait_for(folder, progress=False, poll_s=0.5, timeout_s=300)
+        assert [s.state for s in final] == ["done", "done"], [(s.label, s.detail) for s in final]
+        preempted = next(s for s in final if s.label == victim.label)
+        assert preempted.attempts == 2
+
+        client = MlflowClient(server.uri)
+        found = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string="tags.study = 'pyramid-smoke'",
+        )
+        assert sorted(r.data.tags["arm"] for r in found) == ["baseline", "no_pyramid"]
+        assert all(r.info.status == "FINISHED" for r in found)
+        for run in found:  # resumed or not: every step logged exactly once
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+            assert sorted(steps) == list(range(1, STEPS + 1)), (run.data.tags["arm"], steps)
+            assert "test/nAP50" in run.data.metrics
+        resumed = [r for r in found if r.data.tags.get("resumed") == "true"]
+        assert len(resumed) == 1 and resumed[0].data.tags["arm"] in victim.label
