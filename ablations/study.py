@@ -73,8 +73,18 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
     for key in overrides:
         if key not in STUDY_KEYS:
             raise ConfigError(f"unknown study setting {key!r}; study settings are {STUDY_KEYS}")
-    models = list(overrides.get("models", models))
-    seeds = [int(s) for s in overrides.get("seeds", seeds)]
+    models = overrides.get("models", models)
+    seeds = overrides.get("seeds", seeds)
+    if isinstance(models, str) or not all(isinstance(m, str) for m in models):
+        raise ConfigError(f"models must be a list such as models=[psalm,cheaf], got {models!r}")
+    if isinstance(seeds, int | str) or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"seeds must be a list of integers such as seeds=[0,1,2], got {seeds!r}")
+    from psalm.registry import FUSION_MODULES
+
+    unknown = [m for m in models if m not in FUSION_MODULES]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {unknown} in models=; use {sorted(FUSION_MODULES)}")
+    models, seeds = list(models), [int(s) for s in seeds]
     if not models or not seeds:
         raise ConfigError(f"study {name!r} needs at least one model and one seed")
     return Study(
@@ -93,7 +103,8 @@ def study_id(study: Study, run_overrides: Sequence[str]) -> str:
     explicit = [o.split("=", 1)[1] for o in run_overrides if o.startswith("label.study=")]
     if explicit:
         return explicit[-1]
-    profile = make_spec(list(_without_study(run_overrides))).config.get("profile", "default")
+    probe = make_spec([f"model={study.models[0]}", *_without_study(run_overrides)])
+    profile = probe.config.get("profile", "default")
     return f"{'ablations' if study.name == ALL else study.name}-{profile}"
 
 

@@ -45,8 +45,9 @@ def plot_deltas(analysis: StudyAnalysis, ablation: str) -> Figure:
             ax.axhline(0, color="black", lw=0.8)
             for x, row in rows.iterrows():
                 seeds = pairs[(pairs["model"] == model) & (pairs["arm"] == row["arm"])]
-                jitter = np.linspace(-0.12, 0.12, len(seeds)) if len(seeds) > 1 else [0.0]
-                ax.scatter(x + np.asarray(jitter), seeds[f"delta_{scale}"], s=12, c="#9e9e9e")
+                if len(seeds):  # an arm with no usable pair has no seed points to draw
+                    jitter = np.linspace(-0.12, 0.12, len(seeds)) if len(seeds) > 1 else [0.0]
+                    ax.scatter(x + np.asarray(jitter), seeds[f"delta_{scale}"], s=12, c="#9e9e9e")
                 color = VERDICT_COLORS.get(row["verdict"], "black")
                 mean = row[f"delta_{scale}_mean"]
                 if np.isfinite(row["ci_low"]):

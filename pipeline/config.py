@@ -96,6 +96,14 @@ def spec_from_config(
     resolved.pop("hydra", None)
     validate_config(resolved)
     kind = kwargs.get("kind", "train")
+    if kind not in ("train", "eval"):
+        raise ConfigError(f"kind={kind!r} must be train or eval")
+    if kind == "eval":
+        mode = kwargs.get("eval_mode")
+        if mode not in ("normal", "none", "shuffled"):
+            raise ConfigError(f"eval_mode={mode!r} must be one of normal, none, shuffled")
+        if not kwargs.get("eval_of"):
+            raise ConfigError("an eval spec needs eval_of, the config hash of the trained run")
     identity = {
         "config": {k: v for k, v in resolved.items() if k not in NON_IDENTITY_KEYS},
         "study": resolved.get("label", {}).get("study"),

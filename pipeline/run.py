@@ -49,7 +49,12 @@ def build_data(data_cfg: dict[str, Any]) -> FewShotData:
         train_images=data_cfg["train_images"],
         test_ann=data_cfg["test_ann"],
         test_images=data_cfg["test_images"],
-        novel_classes=list(data_cfg["novel_classes"]),
+        # a list of names, or the path of a text file with one name a line
+        novel_classes=(
+            data_cfg["novel_classes"]
+            if isinstance(data_cfg["novel_classes"], str)
+            else list(data_cfg["novel_classes"])
+        ),
         image_size=data_cfg["image_size"],
         support_size=data_cfg["support_size"],
     )

@@ -109,9 +109,11 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         location = None
-        if self.uri.startswith("sqlite:") or "://" not in self.uri:
+        if self.uri.startswith("sqlite:///"):
             # keep artifacts beside the store, not in whatever folder the process started in
-            location = (REPO_ROOT / "mlartifacts" / name).as_uri()
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            db = db if db.is_absolute() else REPO_ROOT / db
+            location = (db.parent / "mlartifacts" / name).as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except Exception:  # another process created it first
