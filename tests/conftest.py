@@ -9,9 +9,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,30 @@ def tmp_mlflow_uri(
         if mlflow.active_run() is not None:
             mlflow.end_run()
         mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  (None is accepted)
+
+
+@pytest.fixture(scope="session")
+def make_mlflow_store(
+    _mlflow_template_db: Path,
+) -> Callable[[Path], contextlib.AbstractContextManager]:
+    """``with make_mlflow_store(root) as (uri, client, experiment_id):`` a store under ``root``,
+    set as ``MLFLOW_TRACKING_URI`` (subprocesses inherit it), with the ``psalm`` experiment made
+    and its artifact root inside ``root``; for module-scoped fixtures, which cannot use
+    ``tmp_mlflow_uri``."""
+    from mlflow.tracking import MlflowClient
+
+    @contextlib.contextmanager
+    def make(root: Path, experiment: str = "psalm"):
+        db = root / "mlflow.db"
+        shutil.copyfile(_mlflow_template_db, db)
+        uri = f"sqlite:///{db}"
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = client.create_experiment(
+            experiment, artifact_location=(root / "artifacts").as_uri()
+        )
+        (root / "cwd").mkdir()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            yield uri, client, experiment_id
+
+    return make

@@ -15,12 +15,11 @@ the repository. Trained runs are module fixtures shared by several tests.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,24 +82,10 @@ class Store:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, _mlflow_template_db: Path) -> Iterator[Store]:
-    """One MLflow store for the module, set as ``MLFLOW_TRACKING_URI`` (subprocesses inherit it).
-
-    The experiment is created here with its artifact root inside the temporary folder: left to
-    ``Tracker``, artifacts of any SQLite store land in the repository's ``mlartifacts/`` (see
-    ``test_a_temporary_store_keeps_its_artifacts_beside_it``).
-    """
+def store(tmp_path_factory: pytest.TempPathFactory, make_mlflow_store: Callable) -> Iterator[Store]:
+    """One MLflow store for the module, set as ``MLFLOW_TRACKING_URI`` (subprocesses inherit it)."""
     root = tmp_path_factory.mktemp("train")
-    db = root / "mlflow.db"
-    shutil.copyfile(_mlflow_template_db, db)
-    uri = f"sqlite:///{db}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment(
-        EXPERIMENT, artifact_location=(root / "artifacts").as_uri()
-    )
-    (root / "cwd").mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+    with make_mlflow_store(root) as (uri, client, experiment_id):
         yield Store(root, uri, client, experiment_id)
 
 
