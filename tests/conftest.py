@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -96,3 +97,27 @@ def make_mlflow_store(
             yield uri, client, experiment_id
 
     return make
+
+
+def _slurm_unavailable() -> str | None:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "SLURM is not installed (scripts/slurm-up.sh starts a single-node cluster)"
+    try:
+        nodes = subprocess.run(
+            ["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, timeout=5
+        )
+    except subprocess.TimeoutExpired:  # sinfo retries for ~10 s when the controller is down
+        return "the SLURM controller did not answer sinfo within 5 s"
+    if nodes.returncode != 0:
+        return f"the SLURM controller is unreachable: {nodes.stderr.strip()}"
+    if not any(s.strip().rstrip("*~#$@") in ("idle", "mix", "alloc") for s in nodes.stdout.split()):
+        return f"no usable SLURM node (sinfo states: {nodes.stdout.split()})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> None:
+    """Skip (with the reason) unless a SLURM controller with a usable node answers."""
+    reason = _slurm_unavailable()
+    if reason:
+        pytest.skip(reason)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -278,30 +277,7 @@ def test_progress_lines_and_status_table_show_failures_with_their_log(tmp_path: 
 # --- SLURM -----------------------------------------------------------------------------------
 
 
-def _slurm_unavailable() -> str | None:
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "SLURM is not installed (scripts/slurm-up.sh starts a single-node cluster)"
-    try:
-        nodes = subprocess.run(
-            ["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, timeout=5
-        )
-    except subprocess.TimeoutExpired:  # sinfo retries for ~10 s when the controller is down
-        return "the SLURM controller did not answer sinfo within 5 s"
-    if nodes.returncode != 0:
-        return f"the SLURM controller is unreachable: {nodes.stderr.strip()}"
-    if not any(s.strip().rstrip("*~#$@") in ("idle", "mix", "alloc") for s in nodes.stdout.split()):
-        return f"no usable SLURM node (sinfo states: {nodes.stdout.split()})"
-    return None
-
-
 slurm = pytest.mark.slurm
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster() -> None:
-    reason = _slurm_unavailable()
-    if reason:
-        pytest.skip(reason)
 
 
 @slurm

@@ -19,31 +19,15 @@ from mlflow.tracking import MlflowClient
 from pipeline.dispatch import status, wait_for
 from pipeline.mlflow_server import tracking_server
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 30
-
-
-def _slurm_unavailable() -> str | None:
-    try:
-        nodes = subprocess.run(
-            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"no SLURM client here ({exc})"
-    if nodes.returncode != 0:
-        return f"the SLURM controller is unreachable: {nodes.stderr.strip()}"
-    if not any(s.strip().rstrip("*~#$@") in ("idle", "mix", "alloc") for s in nodes.stdout.split()):
-        return f"no usable SLURM node (sinfo states: {nodes.stdout.split()})"
-    return None
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_slurm_study_survives_a_preemption_with_one_run_per_cell(tmp_path: Path) -> None:
-    reason = _slurm_unavailable()
-    if reason:
-        pytest.skip(reason)
+def test_slurm_study_survives_a_preemption_with_one_run_per_cell(
+    slurm_cluster: None, tmp_path: Path
+) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = tmp_path / "runs"
     with tracking_server(backend_store_uri=store) as server:
