@@ -6,6 +6,9 @@
   created with the contracted tags and the flattened resolved config as params.
 - ``RunHandle.log_metrics`` drops any (metric, step) at or below the last step already recorded
   for that metric, so a run resumed from an older checkpoint re-computes but never re-logs a step.
+  Metrics are buffered and sent in batches: every ``flush_every`` steps (the checkpoint interval,
+  so everything up to a checkpoint is recorded before the checkpoint is written), every
+  ``FLUSH_EVERY_S`` seconds, and before tags, artifacts and the end of the run.
 - A ``heartbeat`` tag is refreshed as metrics arrive; a RUNNING run whose heartbeat is older than
   ``stale_after_s`` is taken for dead (its process was killed) and may be resumed.
 
@@ -30,6 +33,7 @@ from pipeline.config import REPO_ROOT, RunSpec, flatten
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 HEARTBEAT_EVERY_S = 30.0
+FLUSH_EVERY_S = 10.0
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
@@ -65,32 +69,43 @@ class RunHandle:
     finished: bool = False  # already FINISHED before this process opened it
     resumed: bool = False  # reopened an unfinished run
     last_step: dict[str, int] = field(default_factory=dict)
+    flush_every: int = 1  # send at least at every multiple of this step (checkpoint interval)
+    _pending: list[Metric] = field(default_factory=list)
+    _last_flush: float = field(default_factory=time.time)
     _last_heartbeat: float = 0.0
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        fresh = [
-            Metric(key, float(value), now, step)
-            for key, value in metrics.items()
-            if step > self.last_step.get(key, -1)
-        ]
-        if not fresh:
-            return
+        for key, value in metrics.items():
+            if step > self.last_step.get(key, -1):
+                self._pending.append(Metric(key, float(value), now, step))
+                self.last_step[key] = step
+        if step % self.flush_every == 0 or time.time() - self._last_flush > FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered metrics (MLflow takes at most 1000 a batch) and the heartbeat."""
         tags = []
         if time.time() - self._last_heartbeat > HEARTBEAT_EVERY_S:
             self._last_heartbeat = time.time()
             tags = [RunTag("heartbeat", str(int(self._last_heartbeat)))]
-        self.client.log_batch(self.run_id, metrics=fresh, tags=tags)
-        for m in fresh:
-            self.last_step[m.key] = step
+        pending, self._pending = self._pending, []
+        for i in range(0, max(len(pending), 1), 1000):
+            if pending[i : i + 1000] or tags:
+                self.client.log_batch(self.run_id, metrics=pending[i : i + 1000], tags=tags)
+            tags = []
+        self._last_flush = time.time()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.flush()
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.flush()
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        self.flush()
         if reason:
             self.set_tags({"failure_reason": reason[:5000]})
         self.client.set_terminated(self.run_id, status=status)
@@ -154,7 +169,9 @@ class Tracker:
         self.client.delete_run(run.info.run_id)
 
     def open(self, spec: RunSpec, extra_tags: Mapping[str, str] | None = None) -> RunHandle:
-        """Reopen the spec's run (finished or not) or create it."""
+        """Reopen the spec's run (finished or not) or create it; metrics are sent at least at
+        every checkpoint step (``train.checkpoint_every``)."""
+        every = int(spec.config.get("train", {}).get("checkpoint_every", 1))
         run = self.find(spec.config_hash)
         if run is not None and run.info.status == "FINISHED":
             return RunHandle(self.client, run.info.run_id, finished=True)
@@ -165,7 +182,7 @@ class Tracker:
                 key: max(m.step for m in self.client.get_metric_history(run_id, key))
                 for key in run.data.metrics
             }
-            handle = RunHandle(self.client, run_id, resumed=True, last_step=last)
+            handle = RunHandle(self.client, run_id, resumed=True, last_step=last, flush_every=every)
             handle.set_tags({"resumed": "true"})
             return handle
         tags = {**spec.tags(), "git_sha": git_sha(), **(extra_tags or {})}
@@ -177,7 +194,7 @@ class Tracker:
         ]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
-        return RunHandle(self.client, run.info.run_id)
+        return RunHandle(self.client, run.info.run_id, flush_every=every)
 
 
 def _now_ms() -> int:
