@@ -144,14 +144,20 @@ class FewShotDetector(nn.Module):
 
     def forward(self, images: Tensor, supports: Tensor, support_mode: str = "normal") -> Prediction:
         """images (B, 3, H, W); supports (B, K, 3, S, S); support_mode ``normal`` | ``none``."""
+        return self.predict(self.backbone(images), self.support_features(supports), support_mode)
+
+    def support_features(self, supports: Tensor) -> list[Tensor]:
+        """Backbone maps of K-shot supports (B, K, 3, S, S): per level (B, K, C, h, w)."""
+        b, k = supports.shape[:2]
+        return [f.reshape(b, k, *f.shape[1:]) for f in self.backbone(supports.flatten(0, 1))]
+
+    def predict(
+        self, query: list[Tensor], support: list[Tensor], support_mode: str = "normal"
+    ) -> Prediction:
+        """Fusion and head on backbone maps (``forward`` without the backbone): evaluation
+        computes each image's and each class's maps once and reuses them for every query."""
         if support_mode not in SUPPORT_MODES:
             raise ValueError(f"support_mode must be one of {SUPPORT_MODES}, got {support_mode!r}")
-        b, k = supports.shape[:2]
-        query = self.backbone(images)
-        support = [
-            f.reshape(b, k, *f.shape[1:])  # (B, K, C, h, w)
-            for f in self.backbone(supports.flatten(0, 1))
-        ]
         fused = self.fusion(query, None if support_mode == "none" else support)
         q_emb = [F.normalize(e(q), dim=1) for e, q in zip(self.embed_query, query, strict=True)]
         pooled = torch.cat([s.mean(dim=(1, 3, 4)) for s in support], dim=1)  # (B, ΣC)

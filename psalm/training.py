@@ -197,27 +197,39 @@ def evaluate(
         raise ValueError(f"evaluation mode must be one of {EVAL_MODES}, got {mode!r}")
     model.eval()
     ev = data.eval_split(split)
-    support_cache: dict[int, torch.Tensor] = {}
+    device = next(model.parameters()).device
+    support_cache: dict[int, list[torch.Tensor]] = {}  # class → backbone maps of its K shots
 
-    def supports_for(class_id: int) -> torch.Tensor:
+    def support_maps(class_id: int) -> list[torch.Tensor]:
         if mode == "shuffled":
             pool = data.novel_ids if class_id in data.novel_ids else data.base_ids
             class_id = _shuffled_class(class_id, pool, seed)
         if class_id not in support_cache:
-            support_cache[class_id] = data.supports(class_id, shots, seed)
+            shots_k = data.supports(class_id, shots, seed)[None].to(device)  # (1, K, 3, S, S)
+            support_cache[class_id] = [f[0] for f in model.support_features(shots_k)]
         return support_cache[class_id]
 
+    # The backbone runs once per image and once per class; only fusion and head run per query.
+    by_image: dict[int, list[int]] = {}
+    for i, c in ev.queries:
+        by_image.setdefault(i, []).append(c)
     detections = []
-    device = next(model.parameters()).device
     size = tuple(ev.images.shape[-2:])
-    for start in range(0, len(ev.queries), batch_size):
-        chunk = ev.queries[start : start + batch_size]
-        images = torch.stack([ev.images[i] for i, _ in chunk]).to(device)
-        images = images.contiguous(memory_format=torch.channels_last)
-        supports = torch.stack([supports_for(c) for _, c in chunk]).to(device)
-        outputs = model(images, supports, support_mode="none" if mode == "none" else "normal")
-        for (i, c), (boxes, scores) in zip(
-            chunk, model.decode(outputs, top_k=top_k, image_size=size), strict=True
+    support_mode = "none" if mode == "none" else "normal"
+    images_per_step = max(1, batch_size // max(1, round(len(ev.queries) / max(1, len(by_image)))))
+    order = list(by_image)
+    for start in range(0, len(order), images_per_step):
+        image_ids = order[start : start + images_per_step]
+        images = ev.images[image_ids].to(device).contiguous(memory_format=torch.channels_last)
+        query_maps = model.backbone(images)
+        episodes = [(j, i, c) for j, i in enumerate(image_ids) for c in by_image[i]]
+        index = torch.tensor([j for j, _, _ in episodes], device=device)
+        query = [f[index] for f in query_maps]
+        per_class = [support_maps(c) for _, _, c in episodes]
+        support = [torch.stack(level) for level in zip(*per_class, strict=True)]
+        outputs = model.predict(query, support, support_mode=support_mode)
+        for (_, i, c), (boxes, scores) in zip(
+            episodes, model.decode(outputs, top_k=top_k, image_size=size), strict=True
         ):
             detections.append(Detection(ev.image_ids[i], c, boxes.cpu(), scores.cpu()))
     return evaluate_fewshot(ev.coco_gt, detections, data.novel_ids, data.base_ids)
