@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ from psalm.detector import FewShotDetector
 from psalm.evaluation import write_per_class_table
 from psalm.registry import ABLATION_FLAGS, build_fusion
 from psalm.training import CHECKPOINT_NAME, DivergedError, TrainSettings, evaluate, fit
+
+# Called with (step, val metrics) after each validation of a training run; True stops the run.
+ValidationHook = Callable[[int, dict[str, float]], bool]
 
 
 def build_data(data_cfg: dict[str, Any]) -> FewShotData:
@@ -143,8 +147,15 @@ def _set_threads(cfg: dict[str, Any]) -> torch.device:
     return torch.device(device)
 
 
-def run(spec: RunSpec) -> dict[str, Any]:
-    """Execute one spec (idempotent; see module docstring). Returns its final metrics."""
+def run(spec: RunSpec, on_validation: ValidationHook | None = None) -> dict[str, Any]:
+    """Execute one spec (idempotent; see module docstring). Returns its final metrics.
+
+    ``on_validation(step, val_metrics) -> stop`` sees every validation of a training run
+    (``train.eval_every``); a sweep trial reports to its pruner there. If it returns True the run
+    stops: its MLflow run ends KILLED with the tag ``pruned_at_step``, no test evaluation is done,
+    and the result says ``pruned_at``. A later run of the same spec resumes it from the
+    checkpoint.
+    """
     cfg = spec.config
     tracker = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
     extra = {}
@@ -159,24 +170,30 @@ def run(spec: RunSpec) -> dict[str, Any]:
     if handle.finished:
         print(f"[{spec.label}] already finished (run {handle.run_id}); skipped", flush=True)
         run = tracker.client.get_run(handle.run_id)
-        return {"run_id": handle.run_id, "skipped": True, **run.data.metrics}
+        return {"run_id": handle.run_id, "skipped": True, "pruned_at": None, **run.data.metrics}
     device = _set_threads(cfg)
     try:
         if spec.kind == "eval":
             metrics = _evaluate_trained(spec, handle, device)
         else:
-            metrics = _train(spec, handle, device)
+            metrics = _train(spec, handle, device, on_validation)
     except DivergedError as exc:
         handle.finish("FAILED", reason=f"diverged: {exc}")
         raise
     except BaseException as exc:  # killed, preempted, crashed: the run stays resumable
         handle.finish("FAILED", reason=f"{type(exc).__name__}: {exc}")
         raise
-    handle.finish("FINISHED")
-    return {"run_id": handle.run_id, "skipped": False, **metrics}
+    if metrics.get("pruned_at"):
+        handle.set_tags({"pruned_at_step": metrics["pruned_at"]})
+        handle.finish("KILLED", reason=f"pruned at step {metrics['pruned_at']}")
+    else:
+        handle.finish("FINISHED")
+    return {"run_id": handle.run_id, "skipped": False, "pruned_at": None, **metrics}
 
 
-def _train(spec: RunSpec, handle, device: torch.device) -> dict[str, float]:
+def _train(
+    spec: RunSpec, handle, device: torch.device, on_validation: ValidationHook | None = None
+) -> dict[str, Any]:
     cfg = spec.config
     folder = run_dir(spec)
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,11 +215,23 @@ def _train(spec: RunSpec, handle, device: torch.device) -> dict[str, float]:
         f"{settings.warmup_steps}) on {device}; fusion {n_fusion:,} params; run {handle.run_id}",
         flush=True,
     )
-    summary = fit(model, data, settings, folder, handle.log_metrics, _Progress(spec.label))
-    handle.log_metrics({"train/seconds": summary["seconds"]}, settings.steps)
+    last_val: dict[str, float] = {}
+
+    def validated(step: int, values: dict[str, float]) -> bool:
+        last_val.clear()
+        last_val.update(values)
+        return bool(on_validation and on_validation(step, values))
+
+    summary = fit(
+        model, data, settings, folder, handle.log_metrics, _Progress(spec.label), validated
+    )
+    handle.log_metrics({"train/seconds": summary["seconds"]}, summary["steps"])
+    if summary["stopped_at"]:
+        print(f"[{spec.label}] stopped at step {summary['stopped_at']} (pruned)", flush=True)
+        return {**last_val, "pruned_at": summary["stopped_at"]}
     metrics = _test(spec, handle, model, data, folder)
     handle.log_artifact(folder / CHECKPOINT_NAME, "checkpoint")
-    return metrics
+    return {**last_val, **metrics}
 
 
 def _test(spec: RunSpec, handle, model, data, folder: Path) -> dict[str, float]:

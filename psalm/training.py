@@ -116,10 +116,14 @@ def fit(
     run_dir: Path,
     on_metrics: MetricsCallback | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    on_validation: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` (resuming from ``run_dir`` if it holds a checkpoint); returns a summary.
 
-    Raises ``DivergedError`` on a non-finite or exploding loss.
+    ``on_validation(step, val_metrics)`` is called after each validation (``eval_every``); if it
+    returns True, training stops there (a pruned sweep trial) after saving a checkpoint, and the
+    summary's ``stopped_at`` is that step (else None). Raises ``DivergedError`` on a non-finite
+    or exploding loss.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT_NAME
@@ -134,7 +138,7 @@ def fit(
     report = on_metrics or (lambda metrics, step: None)
     device = next(model.parameters()).device
     model.train()
-    t0, loss_value = time.perf_counter(), float("nan")
+    t0, loss_value, stopped_at = time.perf_counter(), float("nan"), None
     for step in range(start, settings.steps):
         batch = data.train_batch(step, settings.batch_size, settings.shots, settings.seed)
         images = batch.queries.to(device).contiguous(memory_format=torch.channels_last)
@@ -162,13 +166,18 @@ def fit(
             val = evaluate(model, data, "val", settings.shots, settings.seed)
             model.train()
             report(val.as_dict(prefix="val/"), done)
-        if done % settings.checkpoint_every == 0 or done == settings.steps:
+            if on_validation is not None and on_validation(done, val.as_dict(prefix="val/")):
+                stopped_at = done
+        if done % settings.checkpoint_every == 0 or done == settings.steps or stopped_at:
             save_checkpoint(ckpt_path, model, opt, sched, done)
         if progress is not None:
             progress(done, settings.steps, loss_value)
+        if stopped_at:
+            break
     return {
         "final_loss": loss_value,
-        "steps": settings.steps,
+        "steps": stopped_at or settings.steps,
+        "stopped_at": stopped_at,
         "resumed_from": start,
         "seconds": time.perf_counter() - t0,
     }
