@@ -16,8 +16,6 @@ each run (``profile=``, ``launcher=``, ``train.steps=``, …).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +23,7 @@ from collections.abc import Sequence
 from ablations.study import STUDY_KEYS, Plan, expand, load_study, study_folder, study_names
 from pipeline.config import ConfigError, RunSpec
 from pipeline.dispatch import LauncherConfig, dispatch, format_status, status
+from pipeline.mlflow_server import shared_tracking
 from pipeline.run import run, run_dir
 from pipeline.tracking import Tracker, tracking_uri
 
@@ -57,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         flush=True,
     )
     folder = study_folder(plan.study, first.config["output_dir"])
-    with _tracking_server(uri, launcher, len(todo_train) + len(todo_eval)):
+    with shared_tracking(uri, launcher.kind == "local" and len(todo_train) + len(todo_eval) > 1):
         for phase, specs in (("training", todo_train), ("evaluation", todo_eval)):
             if not specs:
                 continue
@@ -105,30 +104,6 @@ def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[list, list, int
             continue
         (evaluate if spec.kind == "eval" else train).append(spec)
     return train, evaluate, skipped
-
-
-@contextlib.contextmanager
-def _tracking_server(uri: str, launcher: LauncherConfig, n_jobs: int):
-    """Parallel jobs writing one SQLite file can fail with "database is locked": put a loopback
-    MLflow server in front of it while the study runs (not needed for one job at a time)."""
-    parallel = launcher.kind == "local" and n_jobs > 1
-    if not (parallel and uri.startswith("sqlite:")):
-        yield uri
-        return
-    from pipeline.mlflow_server import tracking_server
-
-    with tracking_server(backend_store_uri=uri) as server:
-        server_uri = server.uri
-        previous = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = server_uri
-        print(f"tracking through a loopback MLflow server {server_uri} over {uri}", flush=True)
-        try:
-            yield server_uri
-        finally:
-            if previous is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def print_results(study: str, uri: str) -> None:

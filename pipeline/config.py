@@ -66,6 +66,11 @@ class RunSpec:
         }
         if self.eval_mode:
             tags["eval_mode"] = self.eval_mode
+        if c["label"].get("sweep"):  # a sweep trial: a child of the sweep's parent run
+            tags["sweep"] = str(c["label"]["sweep"])
+            tags["trial"] = str(c["label"]["trial"])
+            if c["label"].get("parent_run"):
+                tags["mlflow.parentRunId"] = str(c["label"]["parent_run"])
         return tags
 
 

@@ -310,6 +310,7 @@ def dispatch(
     progress: bool = True,
     wait: bool = True,
     poll_s: float | None = None,
+    batch_id: str | None = None,
 ) -> list[JobStatus]:
     """Run `fn(spec)` for every spec with `launcher`; batch files go under `folder`/dispatch.
 
@@ -317,7 +318,8 @@ def dispatch(
     if `progress`) and returns their statuses with `result` set for the done ones; a failing job
     never stops the others. Without `wait`, returns right after submission (states "queued");
     follow up with `status(folder)` / `wait_for(folder)`. Labels name the jobs in progress lines
-    (default: the spec's `label` or `name` attribute, or its str).
+    (default: the spec's `label` or `name` attribute, or its str). `batch_id` names the batch
+    folder (default: the time and a random suffix), for callers that record it before dispatch.
     """
     specs = list(specs)
     labels = [_default_label(spec) for spec in specs] if labels is None else list(labels)
@@ -335,7 +337,7 @@ def dispatch(
             "use a module-level function"
         ) from exc
 
-    batch_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    batch_id = batch_id or new_batch_id()
     batch_dir = (Path(folder) / "dispatch" / batch_id).resolve()
     if launcher.log_folder:
         log_dir = Path(launcher.log_folder).resolve() / batch_id
@@ -383,6 +385,11 @@ def dispatch(
     if not wait:
         return status(batch_dir)
     return wait_for(batch_dir, progress=progress, poll_s=poll_s)
+
+
+def new_batch_id() -> str:
+    """A batch folder name: creation time (sorts by age) and a random suffix."""
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 def _default_label(spec: Any) -> str:

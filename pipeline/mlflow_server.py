@@ -168,3 +168,24 @@ def tracking_server(
         yield TrackingServer(uri, store_uri, artifacts, log_path, process.pid)
     finally:
         _stop(process)
+
+
+@contextlib.contextmanager
+def shared_tracking(uri: str, parallel: bool) -> Iterator[str]:
+    """Parallel jobs writing one SQLite file can fail with "database is locked": while the block
+    runs, put a loopback server in front of it and point ``MLFLOW_TRACKING_URI`` (inherited by
+    the jobs) at it. Yields the URI to use; a no-op for one job at a time or a non-SQLite URI."""
+    if not (parallel and uri.startswith("sqlite:")):
+        yield uri
+        return
+    with tracking_server(backend_store_uri=uri) as server:
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = server.uri
+        print(f"tracking through a loopback MLflow server {server.uri} over {uri}", flush=True)
+        try:
+            yield server.uri
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous

@@ -160,6 +160,28 @@ class Tracker:
                 return "live"
         return "resumable"
 
+    def open_sweep(self, sweep: str, params: Mapping[str, Any]) -> RunHandle:
+        """The parent run of a sweep (tags ``kind=sweep``, ``sweep=<name>``): found again when
+        the sweep resumes, else created with ``params`` (the sweep's settings, flattened)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.kind = 'sweep' and tags.sweep = '{sweep}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            run_id = runs[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return RunHandle(self.client, run_id, resumed=True)
+        tags = {"kind": "sweep", "sweep": sweep, "study": f"sweep-{sweep}", "git_sha": git_sha()}
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"sweep {sweep}", tags=tags, start_time=_now_ms()
+        )
+        flat = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(params).items()]
+        for i in range(0, len(flat), 100):
+            self.client.log_batch(run.info.run_id, params=flat[i : i + 100])
+        return RunHandle(self.client, run.info.run_id)
+
     def retire(self, config_hash: str) -> None:
         """Move a run out of the way for ``--force``: MLflow's soft delete (``mlflow runs
         restore --run-id …`` brings it back)."""
