@@ -79,11 +79,13 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
         raise ConfigError(f"models must be a list such as models=[psalm,cheaf], got {models!r}")
     if isinstance(seeds, int | str) or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"seeds must be a list of integers such as seeds=[0,1,2], got {seeds!r}")
-    from psalm.registry import FUSION_MODULES
-
-    unknown = [m for m in models if m not in FUSION_MODULES]
+    known = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+    unknown = [m for m in models if m not in known]
     if unknown:
-        raise ConfigError(f"unknown model(s) {unknown} in models=; use {sorted(FUSION_MODULES)}")
+        raise ConfigError(
+            f"unknown model(s) {unknown} in models=; use model config names from conf/model/: "
+            f"{known}"
+        )
     models, seeds = list(models), [int(s) for s in seeds]
     if not models or not seeds:
         raise ConfigError(f"study {name!r} needs at least one model and one seed")
@@ -105,7 +107,15 @@ def study_id(study: Study, run_overrides: Sequence[str]) -> str:
         return explicit[-1]
     probe = make_spec([f"model={study.models[0]}", *_without_study(run_overrides)])
     profile = probe.config.get("profile", "default")
-    return f"{'ablations' if study.name == ALL else study.name}-{profile}"
+    sid = f"{'ablations' if study.name == ALL else study.name}-{profile}"
+    # a tuned model file (e.g. psalm_tuned from a sweep) makes another study, not more seeds
+    tuned = [m for m in study.models if m != model_name(m)]
+    return "-".join([sid, *tuned])
+
+
+def model_name(group: str) -> str:
+    """The fusion module a model config (``conf/model/<group>.yaml``) uses: its ``name``."""
+    return str(OmegaConf.load(CONF_DIR / "model" / f"{group}.yaml").name)
 
 
 def _without_study(overrides: Sequence[str]) -> list[str]:
@@ -133,7 +143,7 @@ def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
     evaluate: list[RunSpec] = []
     errors: list[str] = []
     for model in study.models:
-        model_variants = study.variants.get(model, {})
+        model_variants = study.variants.get(model_name(model), {})
         baseline_ablations = ",".join(study.ablations)
         for seed in study.seeds:
             common = [f"model={model}", f"seed={seed}", *base_overrides]
