@@ -14,6 +14,12 @@ ARGS ?=
 PROFILE ?= default
 #? Where runs execute: local | slurm | debug
 LAUNCHER ?= local
+#? Model a sweep tunes: psalm | cheaf (conf/sweep/<MODEL>.yaml)
+MODEL ?= psalm
+#? Optuna storage read by optuna-dashboard (a sweep's storage: setting)
+OPTUNA_STORAGE ?= sqlite:///optuna.db
+#? Port of optuna-dashboard (127.0.0.1 only)
+OPTUNA_PORT ?= 8080
 #? Study name for report / ablation-status: <ablation>-<profile>, e.g. pyramid-default
 STUDY ?=
 #? Studies to compare: make compare A=... B=...
@@ -34,6 +40,7 @@ TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
 .PHONY: help setup test lint format benchmark train evaluate \
 	ablation-pyramid ablation-conv ablation-support ablations ablation-status \
+	sweep sweep-status optuna-dashboard \
 	report compare mlflow-ui slurm-up slurm-down clean distclean
 
 ##@ General
@@ -104,6 +111,14 @@ ablations: $(STAMP) ## All ablation studies, sharing baseline runs; PROFILE, LAU
 ablation-status: $(STAMP) ## Progress of submitted studies (STUDY= for one)
 	$(PY) -m ablations status $(STUDY) $(ARGS)
 
+sweep: $(STAMP) ## Optuna sweep of lr, weight decay, warm-up (MODEL=psalm|cheaf); PROFILE, LAUNCHER
+	$(PY) -m sweeps run $(MODEL) profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
+
+sweep-status: $(STAMP) ## Trials of a sweep so far and the best (MODEL, PROFILE)
+	$(PY) -m sweeps status $(MODEL) profile=$(PROFILE) $(ARGS)
+
+optuna-dashboard: $(STAMP) ## optuna-dashboard on 127.0.0.1:OPTUNA_PORT over OPTUNA_STORAGE
+	$(VENV)/bin/optuna-dashboard "$(OPTUNA_STORAGE)" --host 127.0.0.1 --port $(OPTUNA_PORT)
 
 ##@ Results
 

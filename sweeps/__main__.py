@@ -1,0 +1,179 @@
+"""Hyperparameter sweeps from the command line.
+
+    python -m sweeps run psalm profile=default launcher=local      # = make sweep MODEL=psalm
+    python -m sweeps run cheaf profile=smoke trials=8 pruner.name=none
+    python -m sweeps run psalm launcher=slurm storage=postgresql://optuna@db/optuna --no-wait
+    python -m sweeps status psalm profile=default                   # trials so far, best value
+    python -m sweeps export psalm profile=default                   # conf/model/psalm_tuned.yaml
+    python -m sweeps list
+
+``run`` validates the sweep (``conf/sweep/<name>.yaml``, see ``sweeps.config``), then asks Optuna
+for trials and dispatches each as a job (``launcher=debug|local|slurm``, ``workers`` at once),
+prints a status line as trials end, and at the end the trial table, the share of trial-steps
+pruning saved, and the best configuration, exported as a model config file. Run the same command
+again after a kill to resume. Settings of the sweep (``trials=``, ``workers=``, ``sampler.*``,
+``pruner.*``, ``space.*``, ``storage=``, ``export=``, …) change the sweep; every other override
+goes to each trial's run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from optuna.trial import TrialState
+
+from pipeline.config import CONF_DIR, ConfigError, make_spec
+from pipeline.mlflow_server import shared_tracking
+from pipeline.tracking import tracking_uri
+from sweeps.config import Sweep, load_sweep, sweep_names
+from sweeps.driver import Summary, drive, summarize
+from sweeps.export import export_best
+from sweeps.study import open_storage, open_study
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    sweep = load_sweep(args.name, args.overrides)
+    base = make_spec(list(sweep.run_overrides)).config
+    uri = tracking_uri(base["tracking"]["uri"])
+    parallel = base["launcher"]["kind"] == "local" and sweep.workers > 1
+    with shared_tracking(uri, parallel and not args.no_wait):
+        summary = drive(sweep, wait=not args.no_wait)
+    if args.no_wait:
+        return 0
+    _print_summary(sweep, summary)
+    if summary.best_trial is not None and not args.no_export:
+        path, others = export_best(sweep, summary)
+        print(f"\nbest configuration written to {path}")
+        extra = (" " + " ".join(others)) if others else ""
+        if path.parent == CONF_DIR / "model":
+            print(f'ablate it: make ablation-pyramid ARGS="models=[{path.stem}]{extra}"')
+        else:
+            print(f"(outside {CONF_DIR / 'model'}: copy it there to ablate it as models=[…])")
+    return 0
+
+
+def _print_summary(sweep: Sweep, summary: Summary) -> None:
+    c = summary.counts
+    print(
+        f"\nsweep {sweep.sweep_id}: {c['complete']} complete, {c['pruned']} pruned, "
+        f"{c['failed']} failed ({c['retried']} retried) in {summary.wall_s / 60:.1f} min"
+    )
+    print(
+        f"trial-steps trained {summary.trial_steps:,} of {summary.full_steps:,} without pruning "
+        f"(saved {summary.steps_saved:.0%})"
+    )
+    if summary.trial_seconds and summary.job_seconds:
+        n = len(summary.job_seconds)
+        run_s, job_s = sum(summary.trial_seconds), sum(summary.job_seconds)
+        print(
+            f"per trial: {run_s / len(summary.trial_seconds):.1f} s in run(), "
+            f"{(job_s - run_s) / n:.1f} s outside it (dispatch, start, imports); "
+            f"{3600 * n / max(summary.wall_s, 1e-9):.1f} trials/hour"
+        )
+    if summary.best_trial is not None:
+        params = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in summary.best_params.items()
+        )
+        print(
+            f"best {sweep.metric} {summary.best_value:.4f} (trial {summary.best_trial}): {params}"
+        )
+
+
+def trial_table(sweep: Sweep, trials) -> str:
+    rows = [("#", "state", sweep.metric, "steps", "s", "params / note")]
+    for t in trials:
+        value = "-" if t.value is None else f"{t.value:.4f}"
+        if t.state == TrialState.PRUNED and t.intermediate_values:
+            value = f"({t.intermediate_values[max(t.intermediate_values)]:.4f})"
+        note = " ".join(
+            f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+            for k, v in t.params.items()
+        )
+        for key in ("duplicate_of", "failure"):
+            if key in t.user_attrs:
+                note += f"  [{key}: {str(t.user_attrs[key])[:60]}]"
+        rows.append(
+            (
+                str(t.number),
+                t.state.name.lower(),
+                value,
+                str(t.user_attrs.get("steps_trained", "-")),
+                str(t.user_attrs.get("seconds", "-")),
+                note,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
+        for r in rows
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    sweep = load_sweep(args.name, args.overrides)
+    storage = open_storage(sweep)
+    try:
+        study = open_study(sweep, storage)
+    except KeyError:
+        print(f"no sweep {sweep.sweep_id} in {sweep.storage} yet", file=sys.stderr)
+        return 2
+    trials = study.get_trials(deepcopy=False)
+    print(trial_table(sweep, trials))
+    started = min((t.datetime_start for t in trials if t.datetime_start), default=None)
+    wall = 0.0 if started is None else time.time() - started.timestamp()
+    _print_summary(sweep, summarize(sweep, trials, wall))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    sweep = load_sweep(args.name, args.overrides)
+    study = open_study(sweep, open_storage(sweep))
+    path, others = export_best(sweep, summarize(sweep, study.get_trials(deepcopy=False), 0.0))
+    print(path)
+    if others:
+        print("also pass: " + " ".join(others))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    print("\n".join(sweep_names()))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(required=True)
+    p = sub.add_parser("run", help="run (or resume) a sweep: validate, dispatch, wait, export")
+    p.add_argument("name", help=f"one of {', '.join(sweep_names())} (or a .yaml path)")
+    p.add_argument("overrides", nargs="*", help="sweep settings and per-run overrides")
+    p.add_argument("--no-wait", action="store_true", help="dispatch the first trials and return")
+    p.add_argument("--no-export", action="store_true", help="do not write the tuned model file")
+    p.set_defaults(func=_run)
+    for name, func, text in (
+        ("status", _status, "the trials of a sweep so far"),
+        ("export", _export, "write the best trial's model config"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("name")
+        p.add_argument("overrides", nargs="*", help="the same overrides as the run (profile=…)")
+        p.set_defaults(func=func)
+    p = sub.add_parser("list", help="the sweep files")
+    p.set_defaults(func=_list)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""A sweep file (``conf/sweep/<name>.yaml``) → a validated ``Sweep``.
+
+Everything that can be wrong with a sweep is found here, before any trial is dispatched: an
+unknown sweep setting, a search-space key that is not in the run config, ``low > high``, a log
+scale with ``low <= 0``, a categorical with no choices, a grid sampler over a continuous range, a
+pruner with nothing to prune on, and any value at the ends of a range that makes an invalid run
+(each end and each choice is composed and validated like a real trial). Messages name the key.
+
+Overrides on the command line are split like the ablations': those whose first part is a sweep
+setting (``trials=8``, ``pruner.name=none``, ``space.model.lr.high=1e-3``) change the sweep; all
+others (``profile=smoke``, ``launcher=slurm``, ``train.steps=200``) go to every trial's run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from pipeline.config import CONF_DIR, REPO_ROOT, ConfigError, make_spec
+from psalm.evaluation import METRIC_NAMES
+
+SWEEP_DIR = CONF_DIR / "sweep"
+SWEEP_KEYS = (
+    "metric",
+    "direction",
+    "space",
+    "sampler",
+    "pruner",
+    "trials",
+    "workers",
+    "report_every",
+    "storage",
+    "heartbeat_s",
+    "max_retries",
+    "overrides",
+    "export",
+)
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "threshold", "none")
+KINDS = ("float", "int", "categorical")
+# Keys that say where or how a run executes or how it is labelled: searching them changes nothing.
+UNSEARCHABLE = ("label", "launcher", "tracking", "output_dir", "hydra")
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One search-space entry: a Hydra override path and its distribution."""
+
+    key: str  # e.g. model.lr
+    kind: str  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def grid_values(self) -> list[Any]:
+        """The values a grid sampler visits: the choices, or low..high by step."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        values = [self.low + i * self.step for i in range(n)]
+        return [int(v) for v in values] if self.kind == "int" else values
+
+    def ends(self) -> list[Any]:
+        """Values that must each make a valid run: both ends of a range, or every choice."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        cast = int if self.kind == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep after overrides and validation (see ``conf/sweep/*.yaml`` for each field)."""
+
+    name: str  # the file's stem
+    sweep_id: str  # <name>-<profile>: the Optuna study name and the MLflow tag ``sweep``
+    model: str  # the model group of the trials (conf/model/<model>.yaml)
+    metric: str
+    direction: str
+    space: tuple[Param, ...]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    trials: int
+    workers: int
+    report_every: int
+    storage: str  # an SQLAlchemy URL (sqlite/postgresql/…) or journal:<file>
+    heartbeat_s: int
+    max_retries: int
+    run_overrides: tuple[str, ...]  # every trial's run gets these (model=…, profile=…, …)
+    export: str  # where the best model config is written ({model} is filled in)
+    steps: int  # train.steps of a trial (for trial-step accounting and Hyperband)
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)  # as loaded, for MLflow
+
+    def fingerprint(self) -> str:
+        """What must not change when a sweep resumes: the space, metric and run overrides."""
+        return json.dumps(
+            {
+                "space": [p.__dict__ for p in self.space],
+                "metric": self.metric,
+                "direction": self.direction,
+                "runs": sorted(self.run_overrides),
+            },
+            sort_keys=True,
+            default=list,
+        )
+
+
+def sweep_names() -> list[str]:
+    return sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(sweep settings, run overrides) by the first part of each key."""
+    sweep, runs = [], []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        (sweep if key.split(".", 1)[0] in SWEEP_KEYS else runs).append(o)
+    return sweep, runs
+
+
+def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
+    """Read ``conf/sweep/<name>.yaml`` (or a path), apply overrides, validate everything."""
+    path = Path(name) if name.endswith(".yaml") else SWEEP_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown sweep {name!r}; choose one of {', '.join(sweep_names())}")
+    sweep_ovr, run_ovr = split_overrides(overrides)
+    raw = OmegaConf.load(path)
+    if isinstance(raw.get("space"), Mapping):  # model.lr: {…} → model: {lr: {…}}, as overrides nest
+        raw.space = _nest(OmegaConf.to_container(raw.space))
+    try:
+        raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(sweep_ovr))
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot apply sweep overrides {sweep_ovr}: {exc}") from exc
+    cfg = OmegaConf.to_container(raw, resolve=True)
+    where = f"sweep {path.stem!r} ({path})"
+    unknown = sorted(set(cfg) - set(SWEEP_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {unknown}; settings are {SWEEP_KEYS}")
+    for key in ("metric", "space", "trials"):
+        if key not in cfg:
+            raise ConfigError(f"{where}: missing setting {key!r}")
+    problems: list[str] = []
+    run_overrides = [*(cfg.get("overrides") or []), *run_ovr]
+    report_every = cfg.get("report_every", 0)
+    if not isinstance(report_every, int) or report_every < 0:
+        problems.append(f"report_every={report_every!r} must be an integer >= 0")
+        report_every = 0
+    base_overrides = [*run_overrides, f"train.eval_every={report_every}"]
+    base = make_spec(base_overrides).config  # raises ConfigError naming a bad run override
+    space = _parse_space(cfg["space"], base, problems)
+    metric = cfg["metric"]
+    known = [f"val/{m}" for m in METRIC_NAMES]
+    if metric not in known:
+        problems.append(
+            f"metric={metric!r} is not one of {known}: a sweep selects on the validation split;"
+            " test/* is kept for the final report"
+        )
+    direction = cfg.get("direction", "maximize")
+    if direction not in ("maximize", "minimize"):
+        problems.append(f"direction={direction!r} must be maximize or minimize")
+    sampler = {"name": "tpe", "seed": 0, **(cfg.get("sampler") or {})}
+    pruner = {"name": "median", **(cfg.get("pruner") or {})}
+    if sampler["name"] not in SAMPLERS:
+        problems.append(f"sampler.name={sampler['name']!r} is not one of {SAMPLERS}")
+    if sampler["name"] == "grid":
+        for p in space:
+            if p.kind != "categorical" and p.step is None:
+                problems.append(
+                    f"space.{p.key}: the grid sampler needs choices or a step for a range"
+                )
+    if pruner["name"] not in PRUNERS:
+        problems.append(f"pruner.name={pruner['name']!r} is not one of {PRUNERS}")
+    elif pruner["name"] != "none" and report_every == 0:
+        problems.append(
+            f"pruner.name={pruner['name']}: pruning needs intermediate values; set report_every "
+            "to a number of steps (or pruner.name=none)"
+        )
+    for key in ("trials", "workers"):
+        value = cfg.get(key, 1)
+        if not isinstance(value, int) or value < 1:
+            problems.append(f"{key}={value!r} must be a positive integer")
+    heartbeat_s = cfg.get("heartbeat_s", 60)
+    max_retries = cfg.get("max_retries", 2)
+    if not isinstance(heartbeat_s, int) or heartbeat_s < 1:
+        problems.append(f"heartbeat_s={heartbeat_s!r} must be a positive integer")
+    if not isinstance(max_retries, int) or max_retries < 0:
+        problems.append(f"max_retries={max_retries!r} must be an integer >= 0")
+    if problems:
+        raise ConfigError(
+            f"{where} is invalid, nothing dispatched:\n  - " + "\n  - ".join(problems)
+        )
+    _probe(space, base_overrides, where)
+    sweep_id = f"{path.stem}-{base.get('profile') or 'default'}"
+    model = _model_group(run_overrides)
+    return Sweep(
+        name=path.stem,
+        sweep_id=sweep_id,
+        model=model,
+        metric=metric,
+        direction=direction,
+        space=tuple(space),
+        sampler=sampler,
+        pruner=pruner,
+        trials=cfg["trials"],
+        workers=cfg.get("workers", 1),
+        report_every=report_every,
+        storage=storage_url(cfg.get("storage")),
+        heartbeat_s=heartbeat_s,
+        max_retries=max_retries,
+        run_overrides=tuple(base_overrides),
+        export=str(cfg.get("export") or "conf/model/{model}_tuned.yaml"),
+        steps=int(base["train"]["steps"]),
+        settings=cfg,
+    )
+
+
+def _parse_space(space: Any, base: Mapping[str, Any], problems: list[str]) -> list[Param]:
+    if not isinstance(space, Mapping) or not space:
+        problems.append("space must map override paths to distributions, e.g. model.lr: {…}")
+        return []
+    params = []
+    for key, spec in _leaves(space):
+        where = f"space.{key}"
+        if key.split(".", 1)[0] in UNSEARCHABLE:
+            problems.append(
+                f"{where}: {key.split('.')[0]}.* says how a run is labelled or "
+                "where it runs, not what it computes; it cannot be searched"
+            )
+            continue
+        if not _has_key(base, key):
+            problems.append(f"{where}: {key!r} is not a key of the run config")
+            continue
+        kind = spec.get("type")
+        if kind not in KINDS:
+            problems.append(f"{where}: type={kind!r} must be one of {KINDS}")
+            continue
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                problems.append(f"{where}: a categorical needs a non-empty list of choices")
+                continue
+            params.append(Param(key, kind, choices=tuple(choices)))
+            continue
+        low, high, log, step = (
+            spec.get("low"),
+            spec.get("high"),
+            spec.get("log", False),
+            spec.get("step"),
+        )
+        numeric = int if kind == "int" else (int, float)
+        if not isinstance(low, numeric) or not isinstance(high, numeric) or isinstance(low, bool):
+            problems.append(f"{where}: low and high must be {kind}s, got low={low!r} high={high!r}")
+            continue
+        if low >= high:
+            problems.append(f"{where}: low={low} must be below high={high}")
+            continue
+        if log and low <= 0:
+            problems.append(f"{where}: a log scale needs low > 0, got low={low}")
+            continue
+        if step is not None and (not isinstance(step, numeric) or step <= 0):
+            problems.append(f"{where}: step={step!r} must be a positive {kind}")
+            continue
+        if step is not None and log:
+            problems.append(f"{where}: step and log cannot be combined (Optuna)")
+            continue
+        params.append(
+            Param(
+                key,
+                kind,
+                float(low) if kind == "float" else low,
+                float(high) if kind == "float" else high,
+                bool(log),
+                step,
+            )
+        )
+    return params
+
+
+_ENTRY_KEYS = {"type", "low", "high", "log", "step", "choices"}
+
+
+def _nest(space: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in space.items():
+        *parents, last = str(key).split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = (
+            _nest(value) if isinstance(value, Mapping) and not (_ENTRY_KEYS & set(value)) else value
+        )
+    return nested
+
+
+def _leaves(space: Mapping[str, Any], prefix: str = "") -> list[tuple[str, dict]]:
+    """Space entries are the dicts with distribution keys (``type``, ``low``, …), nested by
+    the override path (model: {lr: {…}})."""
+    out = []
+    for key, value in space.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and not (_ENTRY_KEYS & set(value)):
+            out += _leaves(value, f"{path}.")
+        else:
+            out.append((path, value if isinstance(value, Mapping) else {"type": value}))
+    return out
+
+
+def _has_key(cfg: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return not isinstance(node, Mapping)
+
+
+def _probe(space: Sequence[Param], base_overrides: Sequence[str], where: str) -> None:
+    """Compose and validate a run at each end of every range and for every choice."""
+    problems = []
+    for p in space:
+        for value in p.ends():
+            try:
+                make_spec([*base_overrides, override(p.key, value)])
+            except ConfigError as exc:
+                problems.append(f"space.{p.key}={value!r} makes an invalid run: {exc}")
+    if problems:
+        raise ConfigError(
+            f"{where} is invalid, nothing dispatched:\n  - " + "\n  - ".join(problems)
+        )
+
+
+def override(key: str, value: Any) -> str:
+    """A Hydra override for one sampled value (bools as true/false, strings quoted)."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = "'" + value.replace("'", "\\'") + "'"
+    elif value is None:
+        text = "null"
+    else:
+        text = repr(value)
+    return f"{key}={text}"
+
+
+def _model_group(run_overrides: Sequence[str]) -> str:
+    groups = [o.split("=", 1)[1] for o in run_overrides if o.startswith("model=")]
+    return groups[-1] if groups else "psalm"
+
+
+def storage_url(configured: str | None) -> str:
+    """The sweep storage: an SQLAlchemy URL or ``journal:<file>``; relative SQLite and journal
+    paths are taken from the repo root (trial jobs may start in another folder)."""
+    url = configured or DEFAULT_STORAGE
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix):
+            path = Path(url.removeprefix(prefix))
+            if not path.is_absolute():
+                return f"{prefix}{REPO_ROOT / path}"
+    return url

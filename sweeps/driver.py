@@ -1,0 +1,315 @@
+"""The sweep driver: ask Optuna for trials, dispatch each as a job, keep ``workers`` in flight.
+
+    sweep = load_sweep("psalm", ["profile=smoke", "launcher=debug"])
+    summary = drive(sweep)          # blocks until ``trials`` trials are complete/pruned/failed
+
+The driver is the only process that asks (one sampler, seeded: with one worker a sweep is
+reproducible); each trial job tells its own result (``sweeps.trial``). The driver holds no state
+of its own: everything is in the Optuna storage (trial → its dispatch batch folder, in the
+trial's user attributes) and in the batch folders, so killing the driver and running the same
+command again picks up where it was:
+- trials whose job is still queued or running are followed, not restarted;
+- a RUNNING trial whose job has ended without telling (killed, crashed, never dispatched) is
+  failed and retried with the same parameters (at most ``max_retries``); the retry's run has the
+  same config hash, so it resumes that trial's checkpoint and MLflow run;
+- a sampled parameter set equal to a COMPLETE trial's is not trained again: the trial is told
+  that trial's value (user attribute ``duplicate_of``).
+
+MLflow: a parent run per sweep (``kind=sweep``) holds the sweep's settings as params and, as the
+sweep goes, its counts, best value, trial-steps and the best parameters; every trial's run is its
+child (tags ``sweep``, ``trial``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.config import REPO_ROOT, ConfigError, make_spec
+from pipeline.dispatch import FINAL_STATES, LauncherConfig, dispatch, new_batch_id, status
+from pipeline.run import check_spec
+from pipeline.tracking import RunHandle, Tracker, tracking_uri
+from sweeps.config import Sweep, override
+from sweeps.study import (
+    best,
+    counts,
+    distributions,
+    open_storage,
+    open_study,
+    trial_steps,
+    used_budget,
+)
+from sweeps.trial import TrialJob, run_trial
+
+POLL_S = {"debug": 0.0, "local": 1.0, "slurm": 5.0}
+PROGRESS_EVERY_S = 30.0
+
+
+@dataclass
+class Summary:
+    """What a finished (or interrupted) sweep looks like, for the CLI, the note and MLflow."""
+
+    sweep_id: str
+    counts: dict[str, int]
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | None
+    trial_steps: int  # optimiser steps trained over all trials
+    full_steps: int  # what they would have trained unpruned (trials × steps)
+    wall_s: float
+    trial_seconds: list[float] = field(default_factory=list)  # run time of each trained trial
+    job_seconds: list[float] = field(default_factory=list)  # dispatch job time of each trial
+
+    @property
+    def steps_saved(self) -> float:
+        """Share of trial-steps pruning saved against training every trial to the end."""
+        return 1.0 - self.trial_steps / self.full_steps if self.full_steps else 0.0
+
+
+def sweep_folder(sweep: Sweep, output_dir: str | Path = "runs") -> Path:
+    """Dispatch files and job logs of a sweep: ``<output_dir>/sweeps/<sweep id>``."""
+    root = Path(output_dir)
+    return (root if root.is_absolute() else REPO_ROOT / root) / "sweeps" / sweep.sweep_id
+
+
+def drive(sweep: Sweep, *, wait: bool = True, stream: TextIO | None = None) -> Summary:
+    """Run the sweep to its trial budget (or, without ``wait``, dispatch one round and return)."""
+    stream = stream or sys.stderr
+    t0 = time.time()
+    base = make_spec(list(sweep.run_overrides))
+    check_spec(base)  # data files and K shots, before anything is dispatched
+    launcher = LauncherConfig.from_mapping(base.config["launcher"])
+    workers = sweep.workers if launcher.kind != "debug" else 1
+    storage = open_storage(sweep)
+    study = open_study(sweep, storage, create=True)
+    space = distributions(sweep)
+    # Tell through a study without the sampler: the grid sampler calls Study.stop() once its grid
+    # is visited, which Optuna allows only inside Study.optimize.
+    teller = optuna.load_study(study_name=sweep.sweep_id, storage=storage)
+    tracker = Tracker(
+        tracking_uri(base.config["tracking"]["uri"]), base.config["tracking"]["experiment"]
+    )
+    parent = tracker.open_sweep(
+        sweep.sweep_id, sweep.settings | {"run_overrides": list(sweep.run_overrides)}
+    )
+    folder = sweep_folder(sweep, base.config["output_dir"])
+    progress = _Progress(stream, sweep)
+    print(
+        f"sweep {sweep.sweep_id}: {sweep.trials} trials of {sweep.model} ({sweep.steps} steps, "
+        f"{sweep.metric} every {sweep.report_every or 'end'}), sampler {sweep.sampler['name']}, "
+        f"pruner {sweep.pruner['name']}, {workers} worker(s) on {launcher.kind}; storage "
+        f"{sweep.storage}; MLflow parent run {parent.run_id}",
+        file=stream,
+        flush=True,
+    )
+    while True:
+        optuna.storages.fail_stale_trials(study)  # heartbeats: dead processes, retried
+        trials = study.get_trials(deepcopy=False)
+        in_flight = _check_in_flight(study, storage, trials)
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        room = workers - len(in_flight)
+        while room > 0 and (waiting or used_budget(trials) < sweep.trials):
+            trial = study.ask(space)
+            if not _deduplicate(teller, trial, trials):
+                _dispatch_trial(sweep, teller, trial, parent.run_id, launcher, folder)
+                room -= 1
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+        progress.update(trials)
+        in_flight = [t for t in trials if t.state == TrialState.RUNNING]
+        if not in_flight and not waiting and used_budget(trials) >= sweep.trials:
+            break
+        if not wait:
+            print(f"submitted; follow with `python -m sweeps status {sweep.name} …`", file=stream)
+            break
+        time.sleep(POLL_S[launcher.kind])
+    summary = summarize(sweep, study.get_trials(deepcopy=False), time.time() - t0)
+    _record(parent, summary, finished=wait)
+    progress.finish(study.get_trials(deepcopy=False))
+    return summary
+
+
+def _dispatch_trial(
+    sweep: Sweep,
+    study: optuna.Study,
+    trial: optuna.Trial,
+    parent_run: str,
+    launcher: LauncherConfig,
+    folder: Path,
+) -> None:
+    overrides = [
+        *sweep.run_overrides,
+        *(override(k, v) for k, v in trial.params.items()),
+        f"label.study=sweep-{sweep.sweep_id}",
+        f"label.sweep={sweep.sweep_id}",
+        f"label.trial={trial.number}",
+        f"label.parent_run={parent_run}",
+        "label.arm=trial",
+    ]
+    try:
+        spec = make_spec(overrides)
+    except ConfigError as exc:  # cannot happen for a validated space; fail the trial, say why
+        trial.set_user_attr("failure", str(exc)[:2000])
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    job = TrialJob(sweep=sweep, number=trial.number, spec=spec)
+    batch_id = new_batch_id()
+    trial.set_user_attr("config_hash", spec.config_hash)
+    trial.set_user_attr("batch", str(folder / "dispatch" / batch_id))
+    # (debug runs the trial here and now; local and slurm return once the job is queued)
+    dispatch(
+        [job],
+        run_trial,
+        launcher,
+        folder,
+        labels=[job.label],
+        wait=False,
+        progress=False,
+        batch_id=batch_id,
+    )
+
+
+def _check_in_flight(
+    study: optuna.Study, storage: BaseStorage, trials: list[FrozenTrial]
+) -> list[FrozenTrial]:
+    """RUNNING trials whose job is still alive; the others are failed and retried."""
+    alive = []
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        batch = t.user_attrs.get("batch")
+        if batch and Path(batch).exists():
+            job = status(batch)[0]
+            if job.state not in FINAL_STATES:
+                alive.append(t)
+                continue
+            # The job ended: if it told the study, the state is no longer RUNNING.
+            if _fresh(storage, study, t.number).state != TrialState.RUNNING:
+                continue
+            reason = f"its job ended ({job.state}: {job.detail or 'no detail'}) without a result"
+        else:
+            reason = (
+                "it was never dispatched (the driver stopped)"
+                if not batch
+                else "its batch folder is gone"
+            )
+        _fail_and_retry(study, storage, t.number, reason)
+    return alive
+
+
+def _trial_id(storage: BaseStorage, study: optuna.Study, number: int) -> int:
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def _fresh(storage: BaseStorage, study: optuna.Study, number: int) -> FrozenTrial:
+    """A trial as the storage has it now (the study's list may be cached)."""
+    return storage.get_trial(_trial_id(storage, study, number))
+
+
+def _fail_and_retry(study: optuna.Study, storage: BaseStorage, number: int, reason: str) -> None:
+    trial_id = _trial_id(storage, study, number)
+    try:
+        storage.set_trial_user_attr(trial_id, "failure", reason)
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return  # someone else (the job, a heartbeat check) finished it meanwhile
+    retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    retry = retry or RetryHeartbeatStaleTrialCallback(
+        max_retry=study.user_attrs.get("max_retries", 2)
+    )
+    retry(study, storage.get_trial(trial_id))
+
+
+def _deduplicate(study: optuna.Study, trial: optuna.Trial, trials: list[FrozenTrial]) -> bool:
+    """Tell ``trial`` the value of a COMPLETE trial with the same parameters, if there is one."""
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.params == trial.params and t.number != trial.number:
+            trial.set_user_attr("duplicate_of", t.number)
+            trial.set_user_attr("steps_trained", 0)
+            study.tell(trial, t.value)
+            return True
+    return False
+
+
+def summarize(sweep: Sweep, trials: list[FrozenTrial], wall_s: float) -> Summary:
+    top = best(trials, sweep.direction)
+    counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    trained = [t for t in counted if "duplicate_of" not in t.user_attrs]
+    return Summary(
+        sweep_id=sweep.sweep_id,
+        counts=counts(trials),
+        best_value=None if top is None else top.value,
+        best_params={} if top is None else dict(top.params),
+        best_trial=None if top is None else top.number,
+        trial_steps=sum(trial_steps(t) for t in trained),
+        full_steps=len(trained) * sweep.steps,
+        wall_s=wall_s,
+        trial_seconds=[
+            float(t.user_attrs["seconds"]) for t in trained if "seconds" in t.user_attrs
+        ],
+        job_seconds=[
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in trained
+            if t.datetime_complete and t.datetime_start
+        ],
+    )
+
+
+def _record(parent: RunHandle, summary: Summary, finished: bool) -> None:
+    c = summary.counts
+    metrics = {f"sweep/{k}": v for k, v in c.items()}
+    metrics["sweep/trial_steps"] = summary.trial_steps
+    metrics["sweep/steps_saved"] = summary.steps_saved
+    metrics["sweep/wall_s"] = summary.wall_s
+    if summary.best_value is not None:
+        metrics["sweep/best_value"] = summary.best_value
+    parent.log_metrics(metrics, c["complete"] + c["pruned"] + c["failed"])
+    parent.set_tags(
+        {"best_params": json.dumps(summary.best_params), "best_trial": str(summary.best_trial)}
+    )
+    if finished:
+        parent.finish("FINISHED")
+    else:
+        parent.flush()
+
+
+class _Progress:
+    """One status line whenever the counts change (or every 30 s): done / pruned / failed /
+    running, the best value so far and the elapsed time."""
+
+    def __init__(self, stream: TextIO, sweep: Sweep) -> None:
+        self.stream, self.sweep, self.t0 = stream, sweep, time.time()
+        self.last_line, self.last_time = "", 0.0
+
+    def line(self, trials: list[FrozenTrial]) -> str:
+        c = counts(trials)
+        top = best(trials, self.sweep.direction)
+        best_text = "-" if top is None else f"{top.value:.4f} (trial {top.number})"
+        done = c["complete"] + c["pruned"] + c["failed"]
+        return (
+            f"[sweep {self.sweep.sweep_id}] {done}/{self.sweep.trials} done: {c['complete']} "
+            f"complete, {c['pruned']} pruned, {c['failed']} failed, {c['running']} running"
+            + (f", {c['retried']} retried" if c["retried"] else "")
+            + f" | best {self.sweep.metric} {best_text}"
+        )
+
+    def update(self, trials: list[FrozenTrial]) -> None:
+        line = self.line(trials)
+        if line != self.last_line or time.time() - self.last_time > PROGRESS_EVERY_S:
+            elapsed = time.time() - self.t0
+            print(f"{line} | {elapsed / 60:.1f} min", file=self.stream, flush=True)
+            self.last_line, self.last_time = line, time.time()
+
+    def finish(self, trials: list[FrozenTrial]) -> None:
+        self.last_line = ""
+        self.update(trials)
