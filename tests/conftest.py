@@ -121,3 +121,24 @@ def slurm_cluster() -> None:
     reason = _slurm_unavailable()
     if reason:
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A real PostgreSQL database for Optuna's RDB storage: ``PSALM_TEST_POSTGRES_URL`` (set by
+    ``.ci/run``), else the server ``scripts/postgres-up.sh`` starts (idempotent); skips, with the
+    reason, where PostgreSQL is not installed."""
+    url = os.environ.get("PSALM_TEST_POSTGRES_URL")
+    if url:
+        return url
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
+    out = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "postgres-up.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if out.returncode != 0:
+        pytest.fail(f"scripts/postgres-up.sh failed: {out.stderr.strip()}")
+    return out.stdout.strip().splitlines()[-1]

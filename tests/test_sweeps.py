@@ -1,0 +1,388 @@
+"""Sweeps: validation before dispatch, end-to-end smoke sweeps (debug, local, SLURM), pruning,
+resume after a killed driver, retry of a killed trial, deduplication, MLflow parent/child runs,
+the best-config export, PostgreSQL storage and optuna-dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from pipeline.config import CONF_DIR, REPO_ROOT, ConfigError
+from sweeps.__main__ import main
+from sweeps.config import load_sweep
+
+CONTRACT_TAGS = ("study", "ablation", "arm", "model", "seed", "config_hash", "git_sha", "profile")
+
+
+def write_sweep(folder: Path, name: str = "tiny", **settings) -> Path:
+    """A small sweep file: PSALM, lr and weight decay, 6 smoke steps, validated every 2."""
+    cfg = {
+        "overrides": ["model=psalm", "profile=smoke"],
+        "metric": "val/nAP50",
+        "space": {
+            "model.lr": {"type": "float", "low": 2e-5, "high": 4e-4, "log": True},
+            "model.weight_decay": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+        },
+        "sampler": {"name": "tpe", "seed": 0, "startup_trials": 2},
+        "pruner": {"name": "median", "startup_trials": 1},
+        "trials": 3,
+        "workers": 1,
+        "report_every": 2,
+        "storage": f"sqlite:///{folder / 'optuna.db'}",
+        "export": str(folder / "{model}_tuned.yaml"),
+        "heartbeat_s": 5,
+    }
+    cfg.update(settings)
+    path = folder / f"{name}.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    return path
+
+
+def trials_of(path: Path, profile: str = "smoke") -> list[optuna.trial.FrozenTrial]:
+    sweep = load_sweep(str(path), [f"profile={profile}"])
+    study = optuna.load_study(study_name=sweep.sweep_id, storage=sweep.storage)
+    return study.get_trials(deepcopy=False)
+
+
+def batches(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "runs" / "sweeps"
+    return sorted(root.glob("*/dispatch/*"))
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "space.model.nope={type: float, low: 1, high: 2}",
+            "space.model.nope: 'model.nope' is not",
+        ),
+        ("space.model.lr.low=1e-2", "space.model.lr: low=0.01 must be below high"),
+        ("space.model.weight_decay.low=0", "space.model.weight_decay: a log scale needs low > 0"),
+        ("space.model.use_pyramid={type: categorical, choices: []}", "non-empty list of choices"),
+        ("space.model.lr.type=normal", "space.model.lr: type='normal' must be one of"),
+        ("space.train.steps={type: int, low: 0, high: 4}", "space.train.steps=0 makes an invalid"),
+        ("space.launcher.slots={type: int, low: 1, high: 4}", "space.launcher.slots: launcher.*"),
+        ("sampler.name=grid", "space.model.lr: the grid sampler needs choices or a step"),
+        ("report_every=0", "pruning needs intermediate values"),
+        ("metric=test/nAP50", "a sweep selects on the validation split"),
+        ("trials=0", "trials=0 must be a positive integer"),
+    ],
+)
+def test_invalid_sweep_is_rejected_naming_the_key(tmp_path, override, message):
+    path = write_sweep(tmp_path)
+    with pytest.raises(ConfigError, match="nothing dispatched") as err:
+        load_sweep(str(path), [override])
+    assert message in str(err.value)
+
+
+def test_invalid_sweep_dispatches_nothing(tmp_path, tmp_mlflow_uri, capsys):
+    path = write_sweep(tmp_path)
+    rc = main(["run", str(path), "space.model.lr.low=-1", f"output_dir={tmp_path / 'runs'}"])
+    assert rc == 2
+    assert "space.model.lr: a log scale needs low > 0" in capsys.readouterr().err
+    assert not (tmp_path / "optuna.db").exists()
+    assert not (tmp_path / "runs").exists()
+    assert MlflowClient(tmp_mlflow_uri).search_experiments()[0].name == "Default"
+
+
+def test_unknown_run_override_is_rejected(tmp_path):
+    path = write_sweep(tmp_path)
+    with pytest.raises(ConfigError, match="modle.lr"):
+        load_sweep(str(path), ["modle.lr=0.1"])
+
+
+def test_the_shipped_sweeps_are_valid():
+    for name in ("psalm", "cheaf"):
+        sweep = load_sweep(name, ["profile=smoke"])
+        assert sweep.metric == "val/nAP50"
+        assert {p.key for p in sweep.space} == {
+            "model.lr",
+            "model.weight_decay",
+            "model.warmup_steps",
+        }
+        assert sweep.sweep_id == f"{name}-smoke"
+
+
+# --- debug: end to end, pruning, deduplication ----------------------------------------------
+
+
+def test_debug_sweep_end_to_end(tmp_path, tmp_mlflow_uri, capsys):
+    path = write_sweep(tmp_path)
+    rc = main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"])
+    assert rc == 0
+    out = capsys.readouterr()
+    assert "[sweep tiny-smoke] 3/3 done" in out.err  # the progress view
+    trials = trials_of(path)
+    assert len(trials) == 3
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert all(t.intermediate_values for t in trials)  # reported during training
+    assert all(set(t.intermediate_values) <= {2, 4, 6} for t in trials)
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 3
+
+    client = MlflowClient(tmp_mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("psalm").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("kind") == "train"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep"] == "tiny-smoke"
+    assert parent.data.metrics["sweep/complete"] + parent.data.metrics["sweep/pruned"] == 3
+    assert len(children) == 3
+    for run in children:
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["sweep"] == "tiny-smoke"
+        assert tags["trial"] in {"0", "1", "2"}
+        assert all(tags.get(k) not in (None,) for k in CONTRACT_TAGS)
+        assert float(run.data.params["model.lr"]) == pytest.approx(
+            trials[int(tags["trial"])].params["model.lr"]
+        )
+
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert json.loads(parent.data.tags["best_params"]) == best.params
+    exported = OmegaConf.load(tmp_path / "psalm_tuned.yaml")
+    assert exported.lr == pytest.approx(best.params["model.lr"])
+    assert exported.weight_decay == pytest.approx(best.params["model.weight_decay"])
+    base = OmegaConf.load(CONF_DIR / "model" / "psalm.yaml")
+    assert set(exported) == set(base) and exported.name == "psalm"
+    assert f"best val/nAP50 {best.value:.4f} (trial {best.number})" in out.out
+
+    # Re-running the finished sweep dispatches nothing.
+    n = len(batches(tmp_path))
+    assert main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"]) == 0
+    assert len(batches(tmp_path)) == n
+
+
+def test_pruned_trials_stop_early_and_are_recorded(tmp_path, tmp_mlflow_uri, capsys):
+    # A threshold no model reaches: every trial is pruned at its first validation (step 2).
+    path = write_sweep(tmp_path, trials=2, pruner={"name": "threshold", "lower": 2.0})
+    assert main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"]) == 0
+    trials = trials_of(path)
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    assert [t.user_attrs["steps_trained"] for t in trials] == [2, 2]
+    client = MlflowClient(tmp_mlflow_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("psalm").experiment_id], "tags.kind = 'train'"
+    )
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert {r.data.tags["pruned_at_step"] for r in runs} == {"2"}
+    assert all(
+        max(m.step for m in client.get_metric_history(r.info.run_id, "train/loss")) == 2
+        for r in runs
+    )
+    assert not any(k.startswith("test/") for r in runs for k in r.data.metrics)
+    out = capsys.readouterr().out
+    assert "trial-steps trained 4 of 12 without pruning (saved 67%)" in out
+
+
+def test_duplicate_parameters_are_not_trained_again(tmp_path, tmp_mlflow_uri):
+    path = write_sweep(
+        tmp_path,
+        trials=3,
+        space={"model.use_pyramid": {"type": "categorical", "choices": [True, False]}},
+        sampler={"name": "grid", "seed": 0},
+        pruner={"name": "none"},
+    )
+    assert main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"]) == 0
+    trials = trials_of(path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    dup = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert len(dup) == 1  # the grid has two points: the third trial repeats one
+    original = trials[dup[0].user_attrs["duplicate_of"]]
+    assert dup[0].params == original.params and dup[0].value == original.value
+    assert len(batches(tmp_path)) == 2
+
+
+def test_tuned_model_file_feeds_an_ablation_study(tmp_path):
+    from ablations.study import expand, load_study
+
+    path = CONF_DIR / "model" / f"zz_test_tuned_{os.getpid()}.yaml"
+    tuned = OmegaConf.load(CONF_DIR / "model" / "psalm.yaml")
+    tuned.lr = 1.234e-4
+    path.write_text(OmegaConf.to_yaml(tuned))
+    try:
+        study = load_study("pyramid", [f"models=[{path.stem}]", "seeds=[0]"])
+        plan = expand(study, ["profile=smoke", f"output_dir={tmp_path}"])
+    finally:
+        path.unlink()
+    assert plan.study == f"pyramid-smoke-{path.stem}"  # not mixed with the untuned study
+    arms = {s.config["label"]["arm"]: s.config for s in plan.train}
+    assert set(arms) == {"baseline", "no_pyramid"}
+    assert all(c["model"]["lr"] == pytest.approx(1.234e-4) for c in arms.values())
+    assert arms["no_pyramid"]["model"]["use_pyramid"] is False
+
+
+# --- local queue: parallel workers, resume, dead trials ---------------------------------------
+
+
+def _sweep_process(path: Path, tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeps",
+        "run",
+        str(path),
+        "launcher=local",
+        f"output_dir={tmp_path / 'runs'}",
+        *overrides,
+    ]
+    log = open(tmp_path / "driver.log", "ab")  # noqa: SIM115 (the process owns it)
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(predicate, timeout_s: float, what: str):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _running_job(path: Path):
+    """(trial, pid of its job) once a trial's job has started training."""
+    try:
+        trials = trials_of(path)
+    except KeyError:  # the driver has not created the study yet
+        return None
+    for t in trials:
+        if t.state == TrialState.RUNNING and "pid" in t.user_attrs:
+            return t, int(t.user_attrs["pid"])
+    return None
+
+
+@pytest.mark.timeout(420)
+def test_local_sweep_runs_trials_in_parallel_processes(tmp_path, tmp_mlflow_uri):
+    path = write_sweep(tmp_path, trials=2, workers=2, pruner={"name": "none"})
+    assert main(["run", str(path), "launcher=local", f"output_dir={tmp_path / 'runs'}"]) == 0
+    trials = trials_of(path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert len({t.user_attrs["pid"] for t in trials}) == 2
+    starts = sorted(t.datetime_start for t in trials)
+    ends = sorted(t.datetime_complete for t in trials)
+    assert starts[1] < ends[0]  # both were in flight at once
+
+
+@pytest.mark.timeout(420)
+def test_killed_driver_resumes_the_same_sweep(tmp_path, tmp_mlflow_uri):
+    path = write_sweep(tmp_path, trials=2, pruner={"name": "none"})
+    driver = _sweep_process(path, tmp_path)
+    trial, _ = _wait(lambda: _running_job(path), 180, "trial 0's job to start")
+    driver.kill()  # SIGKILL: no cleanup at all
+    driver.wait()
+    # The job outlives its driver and tells the study itself.
+    _wait(lambda: trials_of(path)[0].state == TrialState.COMPLETE, 180, "trial 0 to complete")
+    assert main(["run", str(path), "launcher=local", f"output_dir={tmp_path / 'runs'}"]) == 0
+    trials = trials_of(path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert len(batches(tmp_path)) == 2  # trial 0 was not dispatched again
+    assert trials[0].params == trial.params
+
+
+@pytest.mark.timeout(420)
+def test_a_killed_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, tmp_mlflow_uri):
+    path = write_sweep(tmp_path, trials=1, pruner={"name": "none"})
+    overrides = ("train.steps=30", "train.checkpoint_every=2")
+    driver = _sweep_process(path, tmp_path, *overrides)
+    try:
+        trial, pid = _wait(lambda: _running_job(path), 180, "the trial's job to start")
+        ckpt = tmp_path / "runs" / trial.user_attrs["config_hash"] / "checkpoint.pt"
+        _wait(ckpt.exists, 180, "the first checkpoint")
+        os.kill(pid, signal.SIGKILL)
+        assert driver.wait(timeout=360) == 0, (tmp_path / "driver.log").read_text()
+    finally:
+        driver.kill()
+    trials = trials_of(path)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "without a result" in trials[0].user_attrs["failure"]
+    assert trials[1].params == trials[0].params
+    assert trials[1].system_attrs["failed_trial"] == 0
+    client = MlflowClient(tmp_mlflow_uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("psalm").experiment_id], "tags.kind = 'train'"
+    )  # one MLflow run: the retry resumed it
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, 31))  # nothing logged twice, nothing lost
+
+
+# --- storage servers ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(420)
+def test_sweep_on_postgresql_storage_with_parallel_workers(tmp_path, tmp_mlflow_uri, postgres_url):
+    name = f"pg{os.getpid()}{int(time.time())}"
+    path = write_sweep(tmp_path, name=name, trials=2, workers=2, storage=postgres_url)
+    assert main(["run", str(path), "launcher=local", f"output_dir={tmp_path / 'runs'}"]) == 0
+    study = optuna.load_study(study_name=f"{name}-smoke", storage=postgres_url)
+    trials = study.get_trials()
+    assert len(trials) == 2
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    optuna.delete_study(study_name=f"{name}-smoke", storage=postgres_url)
+
+
+@pytest.mark.timeout(300)
+def test_slurm_sweep(tmp_path, tmp_mlflow_uri, slurm_cluster):
+    path = write_sweep(tmp_path, trials=2, workers=2)
+    overrides = ["launcher=slurm", "launcher.time_min=10", f"output_dir={tmp_path / 'runs'}"]
+    assert main(["run", str(path), *overrides]) == 0
+    trials = trials_of(path)
+    assert len(trials) == 2
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert all(t.user_attrs["host"] == socket.gethostname() for t in trials)
+
+
+@pytest.mark.timeout(120)
+def test_make_optuna_dashboard_serves_the_sweep_storage(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="dash-smoke", storage=storage)
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = ["make", "-s", "optuna-dashboard", f"OPTUNA_STORAGE={storage}", f"OPTUNA_PORT={port}"]
+    server = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+
+        def studies():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    return json.load(r)
+            except OSError:
+                return None
+
+        body = _wait(studies, 60, "optuna-dashboard to answer")
+        assert [s["study_name"] for s in body["study_summaries"]] == ["dash-smoke"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_sweep_cli_help_lists_the_commands():
+    out = subprocess.run(
+        [sys.executable, "-m", "sweeps", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for command in ("run", "status", "export", "list"):
+        assert command in out
