@@ -40,7 +40,7 @@ TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
 .PHONY: help setup test lint format benchmark train evaluate \
 	ablation-pyramid ablation-conv ablation-support ablations ablation-status \
-	sweep sweep-status optuna-dashboard \
+	sweep sweep-status optuna-dashboard postgres-up postgres-down \
 	report compare mlflow-ui slurm-up slurm-down clean distclean
 
 ##@ General
@@ -144,6 +144,12 @@ slurm-up: $(STAMP) ## Start a single-node SLURM on this machine (root; scripts/s
 
 slurm-down: $(STAMP) ## Stop the local SLURM started by slurm-up
 	bash scripts/slurm-down.sh
+
+postgres-up: ## Start a loopback PostgreSQL for sweep storage (scripts/postgres-up.sh); prints its URL
+	@bash scripts/postgres-up.sh
+
+postgres-down: ## Stop the PostgreSQL started by postgres-up
+	bash scripts/postgres-down.sh
 
 ##@ Cleaning
 

@@ -34,7 +34,14 @@ from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.config import REPO_ROOT, ConfigError, make_spec
-from pipeline.dispatch import FINAL_STATES, LauncherConfig, dispatch, new_batch_id, status
+from pipeline.dispatch import (
+    FINAL_STATES,
+    LauncherConfig,
+    dispatch,
+    local_slots,
+    new_batch_id,
+    status,
+)
 from pipeline.run import check_spec
 from pipeline.tracking import RunHandle, Tracker, tracking_uri
 from sweeps.config import Sweep, override
@@ -87,7 +94,11 @@ def drive(sweep: Sweep, *, wait: bool = True, stream: TextIO | None = None) -> S
     base = make_spec(list(sweep.run_overrides))
     check_spec(base)  # data files and K shots, before anything is dispatched
     launcher = LauncherConfig.from_mapping(base.config["launcher"])
-    workers = sweep.workers if launcher.kind != "debug" else 1
+    workers = sweep.workers
+    if launcher.kind == "debug":
+        workers = 1  # in this process, one trial after another
+    elif launcher.kind == "local":  # each trial is its own batch: never more than the slots
+        workers = min(workers, len(local_slots(launcher)))
     storage = open_storage(sweep)
     study = open_study(sweep, storage, create=True)
     space = distributions(sweep)
