@@ -99,7 +99,7 @@ def drive(sweep: Sweep, *, wait: bool = True, stream: TextIO | None = None) -> S
         workers = 1  # in this process, one trial after another
     elif launcher.kind == "local":  # each trial is its own batch: never more than the slots
         workers = min(workers, len(local_slots(launcher)))
-    storage = open_storage(sweep)
+    storage = open_storage(sweep, create=True)
     study = open_study(sweep, storage, create=True)
     space = distributions(sweep)
     # Tell through a study without the sampler: the grid sampler calls Study.stop() once its grid

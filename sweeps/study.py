@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.config import ConfigError
 from sweeps.config import Sweep
@@ -51,28 +51,36 @@ def distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistributi
     return out
 
 
-def open_storage(sweep: Sweep) -> optuna.storages.BaseStorage:
-    if sweep.storage.startswith("journal:"):
+def open_storage(sweep: Sweep, *, create: bool = False) -> optuna.storages.BaseStorage:
+    """The sweep's storage; ``create`` makes a missing SQLite or journal file (and its folder).
+    An unreachable or malformed storage is a ``ConfigError`` naming the URL."""
+    url = sweep.storage
+    for prefix in ("sqlite:///", "journal:"):
+        path = Path(url.removeprefix(prefix))
+        if url.startswith(prefix) and not path.exists():
+            if not create:
+                raise ConfigError(f"no sweep storage at {path}: run the sweep first ({url})")
+            path.parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(sweep.storage.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    engine_kwargs: dict[str, Any] = {}
-    if sweep.storage.startswith("sqlite:"):
-        # several trial processes write one file: wait for its lock instead of failing at once
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(
-        sweep.storage,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=sweep.heartbeat_s,
-        grace_period=2 * sweep.heartbeat_s,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-            max_retry=sweep.max_retries
-        ),
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    # Several trial processes write one SQLite file: wait for its lock instead of failing.
+    engine_kwargs = (
+        {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
     )
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=sweep.heartbeat_s,
+            grace_period=2 * sweep.heartbeat_s,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                max_retry=sweep.max_retries
+            ),
+        )
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise ConfigError(f"cannot open the sweep storage {url}: {exc}") from exc
 
 
 def make_sampler(sweep: Sweep, offset: int = 0) -> optuna.samplers.BaseSampler:

@@ -386,3 +386,13 @@ def test_sweep_cli_help_lists_the_commands():
     ).stdout
     for command in ("run", "status", "export", "list"):
         assert command in out
+
+
+def test_unreachable_or_missing_storage_is_a_clear_error(tmp_path, tmp_mlflow_uri, capsys):
+    path = write_sweep(tmp_path)
+    assert main(["status", str(path)]) == 2
+    assert f"no sweep storage at {tmp_path / 'optuna.db'}" in capsys.readouterr().err
+    dead = "postgresql://nobody@127.0.0.1:1/optuna"
+    assert main(["run", str(path), f"storage={dead}", f"output_dir={tmp_path / 'runs'}"]) == 2
+    assert f"cannot open the sweep storage {dead}" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
