@@ -109,6 +109,26 @@ def test_train_episodes_have_one_to_three_targets_or_none_when_absent(
     assert 0 < counts.count(0) < len(counts) * 0.3  # some absent-class episodes
 
 
+def test_shared_canvas_episodes_differ_only_in_the_support(glyph_cache: Path) -> None:
+    shared = SyntheticGlyphs(cache_dir=glyph_cache, episodes_per_canvas=4)
+    batch = shared.train_batch(step=2, batch_size=10, shots=2, seed=0)
+    assert batch.queries.shape == (3, 3, 128, 128)  # ceil(10 / 4) canvases
+    assert batch.supports.shape == (10, 2, 3, 64, 64)
+    assert batch.query_index.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    assert set(batch.class_ids.tolist()) <= set(shared.base_ids)
+    for canvas in range(2):
+        rows = [b for b in range(10) if batch.query_index[b] == canvas]
+        classes = batch.class_ids[rows].tolist()
+        assert len(set(classes)) == 4  # four different supports on one canvas
+        counts = [len(batch.boxes[b]) for b in rows]
+        assert all(n >= 1 for n in counts[:3]) and counts[3] == 0  # 3 present, then 1 absent
+    again = SyntheticGlyphs(cache_dir=glyph_cache, episodes_per_canvas=4).train_batch(2, 10, 2, 0)
+    assert torch.equal(batch.queries, again.queries)
+    assert torch.equal(batch.supports, again.supports)
+    with pytest.raises(ValueError, match="episodes_per_canvas"):
+        SyntheticGlyphs(cache_dir=glyph_cache, episodes_per_canvas=5)  # 3 classes min + 1
+
+
 def test_glyph_sizes_span_the_four_pyramid_levels(data: SyntheticGlyphs) -> None:
     split = data.eval_split("test")
     long_sides = torch.tensor([max(a["bbox"][2:]) for a in split.coco_gt["annotations"]])

@@ -27,6 +27,9 @@ class Batch:
     supports: Tensor  # (B, K, 3, S, S) float32 in [0, 1]: K shots of the episode's class
     boxes: list[Tensor]  # B tensors (N_i, 4) float32 xyxy pixels; N_i may be 0 (class absent)
     class_ids: Tensor  # (B,) int64 category id of the support's class
+    # (B,) int64 row of ``queries`` each episode is on, when episodes share canvases (then
+    # ``queries`` has fewer rows than B); None: episode b is on canvas b
+    query_index: Tensor | None = None
 
 
 @dataclass(frozen=True)

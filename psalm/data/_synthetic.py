@@ -83,6 +83,11 @@ class SyntheticGlyphs:
             (``None``: all); exposed as ``eval_base_ids``.
         train_absent_prob: probability that a training episode's class is absent from the canvas
             (empty boxes): teaches the detector to answer "nothing" for a non-matching support.
+        episodes_per_canvas: training episodes that share one canvas (1: one canvas each). With
+            E > 1 a canvas is queried with E - 1 of the classes on it (each with its own boxes)
+            and one absent class, as evaluation queries every class of an image: only the
+            support changes between these episodes, so a detector that ignores it cannot lower
+            the loss, and the query backbone runs once per canvas (``Batch.query_index``).
         max_overlap: a glyph may cover at most this fraction of another glyph's box (or of its
             own).
         noise_std: (min, max) standard deviation of the per-canvas Gaussian pixel noise.
@@ -113,6 +118,7 @@ class SyntheticGlyphs:
         eval_novel_share: float = 0.5,
         eval_base_classes: int | None = 40,
         train_absent_prob: float = 0.1,
+        episodes_per_canvas: int = 1,
         max_overlap: float = 0.15,
         noise_std: tuple[float, float] = (0.0, 0.06),
         clutter_prob: float = 0.8,
@@ -154,6 +160,12 @@ class SyntheticGlyphs:
         self.absent_queries = absent_queries
         self.eval_novel_share = eval_novel_share
         self.train_absent_prob = train_absent_prob
+        if not 1 <= episodes_per_canvas <= classes_per_image[0] + 1:
+            raise ValueError(
+                "episodes_per_canvas must be in [1, classes_per_image min + 1 = "
+                f"{classes_per_image[0] + 1}], got {episodes_per_canvas}"
+            )
+        self.episodes_per_canvas = episodes_per_canvas
         self.n_support_styles = support_styles
 
         spec = AssetSpec(
@@ -221,6 +233,8 @@ class SyntheticGlyphs:
         step, seed = _check_seed("step", step), _check_seed("seed", seed)
         if batch_size < 1 or shots < 1:
             raise ValueError(f"batch_size and shots must be >= 1, got {batch_size}, {shots}")
+        if self.episodes_per_canvas > 1:
+            return self._shared_canvas_batch(step, batch_size, shots, seed)
         h, w = self.image_size
         scenes, support_scenes, boxes, class_ids = [], [], [], []
         n_base = len(self.base_ids)
@@ -241,6 +255,46 @@ class SyntheticGlyphs:
         queries = self._painter.render(scenes, h, w)
         supports = self._painter.render(support_scenes, s, s).view(batch_size, shots, 3, s, s)
         return Batch(queries, supports, boxes, torch.tensor(class_ids, dtype=torch.int64))
+
+    def _shared_canvas_batch(self, step: int, batch_size: int, shots: int, seed: int) -> Batch:
+        """``train_batch`` with ``episodes_per_canvas`` episodes a canvas (the last canvas may
+        have fewer): E - 1 classes on the canvas, in random order, then one absent class."""
+        e = self.episodes_per_canvas
+        h, w = self.image_size
+        scenes, support_scenes, boxes, class_ids, index = [], [], [], [], []
+        n_base = len(self.base_ids)
+        for canvas in range((batch_size + e - 1) // e):
+            rs = _stream(self.seed_split, _TRAIN, seed, step, canvas, e)
+            focus = self._base[rs.integers(0, n_base)]
+            styles = rs.permutation(len(self.bank.styles[focus]))
+            placed, _ = self._scene(rs, focus, True, styles, self._base, False)
+            scenes.append(self._painter.plan_canvas(rs, placed, h, w))
+            present = sorted({p.cls for p in placed})
+            chosen = rs.sample(present, min(e - 1, len(present)))
+            while len(chosen) < e:
+                c = self._base[rs.integers(0, n_base)]
+                if c not in present and c not in chosen:
+                    chosen.append(c)
+            for cls in chosen[: batch_size - len(class_ids)]:
+                # Supports in styles the canvas does not use for this class (if any are left).
+                used = {p.style for p in placed if p.cls == cls}
+                rest = [j for j in range(len(self.bank.styles[cls])) if j not in used] or [0]
+                for _ in range(shots):
+                    style = rest[rs.integers(0, len(rest))]
+                    support_scenes.append(self._painter.plan_support(rs, cls, style))
+                boxes.append(_boxes(p for p in placed if p.cls == cls))
+                class_ids.append(cls + 1)
+                index.append(canvas)
+        s = self.support_size
+        queries = self._painter.render(scenes, h, w)
+        supports = self._painter.render(support_scenes, s, s).view(batch_size, shots, 3, s, s)
+        return Batch(
+            queries,
+            supports,
+            boxes,
+            torch.tensor(class_ids, dtype=torch.int64),
+            torch.tensor(index, dtype=torch.int64),
+        )
 
     def supports(self, class_id: int, shots: int, seed: int) -> Tensor:
         """``(K, 3, S, S)``: crops in the class's reserved styles; shot k depends on
