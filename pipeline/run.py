@@ -45,6 +45,7 @@ def build_data(data_cfg: dict[str, Any]) -> FewShotData:
             support_size=data_cfg["support_size"],
             n_val=data_cfg["n_val"],
             n_test=data_cfg["n_test"],
+            episodes_per_canvas=data_cfg.get("episodes_per_canvas", 1),
         )
     from psalm.data import CocoFewShot
 
@@ -82,6 +83,9 @@ def build_detector(model_cfg: dict[str, Any], seed: int) -> FewShotDetector:
         fused_channels=model_cfg["out_channels"],
         head_channels=model_cfg["head_channels"],
         support_in_head=model_cfg["support_in_head"],
+        head_similarity=model_cfg.get("head_similarity", "prototype"),
+        similarity_gate=model_cfg.get("similarity_gate", False),
+        standardize_inputs=model_cfg.get("standardize_inputs", False),
     )
 
 
@@ -100,6 +104,7 @@ def train_settings(cfg: dict[str, Any]) -> TrainSettings:
         checkpoint_every=train["checkpoint_every"],
         eval_every=train["eval_every"],
         match_weight=train["match_weight"],
+        similarity_weight=train.get("similarity_weight", 0.0),
     )
 
 

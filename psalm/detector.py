@@ -15,14 +15,28 @@ typical object size (``level_sizes``) is nearest in log scale, a Gaussian peak m
 cell there, and the centre cell regresses the sub-cell offset and the box's log width and height.
 Decoding keeps 3×3 local maxima per level, the top ``top_k`` over all levels, then NMS.
 
-The support reaches the prediction only through the fusion module, unless ``support_in_head``
-adds a cosine-similarity map between the query's and the support's embeddings to the head's
-input (a prototype head, as in the report's source project). The embeddings (a 1×1 projection
-of the backbone's maps per level) are trained by an optional matching loss (``match_weight``):
-it makes the shared backbone's features tell classes apart, which the fusion module's support
-path can then use. ``support_mode="none"`` passes
-``support_features=None`` to the fusion module only; with ``support_in_head`` the head still sees
-the support, so say which when reporting a support ablation.
+How the support reaches the prediction:
+
+- Through the fusion module (CHEAF or PSALM), always.
+- With ``support_in_head``, also through a similarity map between the query's and the support's
+  embeddings (a 1×1 projection of the backbone's maps per level), which the head sees as one
+  more input channel: a cosine with one pooled support vector (``head_similarity="prototype"``,
+  as in the report's source project), or a normalised cross-correlation with the support's
+  embedded map, the support resized per level to that level's object size (``"template"``).
+- With ``similarity_gate``, the heatmap is P(glyph) × P(match): the head's probability times
+  the similarity map read as a probability (``similarity_logit``), which ``similarity_weight``
+  (in ``loss``) trains with the heatmap's focal loss. The project's configs use the template
+  map with the gate (conf/model): on the glyph benchmark it is what made the prediction depend
+  on the support within a few hundred steps. As an input channel alone, the similarity was
+  ignored even where it told the classes apart, and a wrong-class support scored as well as the
+  right one.
+
+An optional matching loss (``match_weight``) trains the embeddings contrastively: each target's
+query embedding must be nearer its own episode's pooled support embedding than the others'.
+
+``support_mode="none"`` passes ``support_features=None`` to the fusion module only (the report's
+test 3): the head's similarity map still sees the support. Evaluation's ``shuffled`` mode, a
+control, gives every query another class's supports, which changes both paths.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ from torch import Tensor, nn
 from psalm.boxes import nms
 
 SUPPORT_MODES = ("normal", "none")
+HEAD_SIMILARITIES = ("prototype", "template")
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -66,10 +81,19 @@ class ResidualBlock(nn.Module):
 
 
 class Backbone(nn.Module):
-    """A small CNN giving P2..P5 (strides 4, 8, 16, 32) with ``channels`` widths."""
+    """A small CNN giving P2..P5 (strides 4, 8, 16, 32) with ``channels`` widths.
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128, 256)) -> None:
+    ``standardize``: each image is shifted to zero mean per channel and scaled to unit standard
+    deviation before the first conv. Canvases and supports draw their colours, brightness and
+    polarity independently, so only the shape carries over; without this the first layers spend
+    the short budgets on colour and brightness before shape features appear.
+    """
+
+    def __init__(
+        self, channels: Sequence[int] = (32, 64, 128, 256), standardize: bool = False
+    ) -> None:
         super().__init__()
+        self.standardize = standardize
         c2 = channels[0]
         self.stem = nn.Sequential(
             _conv_block(3, c2 // 2, stride=2), _conv_block(c2 // 2, c2, stride=2), ResidualBlock(c2)
@@ -80,6 +104,9 @@ class Backbone(nn.Module):
         )
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        if self.standardize:
+            x = x - x.mean(dim=(2, 3), keepdim=True)
+            x = x / (x.std(dim=(1, 2, 3), keepdim=True) + 1e-3)
         feats = [self.stem(x)]
         for stage in self.stages:
             feats.append(stage(feats[-1]))
@@ -101,6 +128,7 @@ class Prediction:
     levels: list[LevelOutput]
     query_embeddings: list[Tensor]  # per level (B, D, H, W), L2-normalised over D
     support_embeddings: list[Tensor]  # per level (B, D), L2-normalised
+    similarities: list[Tensor] | None = None  # per level (B, 1, H, W) if support_in_head
 
 
 class FewShotDetector(nn.Module):
@@ -116,14 +144,42 @@ class FewShotDetector(nn.Module):
         support_in_head: bool = False,
         embed_dim: int = 64,
         match_temperature: float = 0.1,
+        standardize_inputs: bool = False,
+        head_similarity: str = "prototype",
+        template_sides: Sequence[int] = (24, 48, 64, 64),
+        template_cells: Sequence[int] = (5, 5, 3, 1),
+        similarity_gate: bool = False,
     ) -> None:
         super().__init__()
-        self.backbone = Backbone(backbone_channels)
+        self.backbone = Backbone(backbone_channels, standardize=standardize_inputs)
         self.fusion = fusion
         self.strides = (4, 8, 16, 32)
         self.level_sizes = tuple(float(s) for s in level_sizes)
         self.support_in_head = support_in_head
         self.match_temperature = match_temperature
+        if head_similarity not in HEAD_SIMILARITIES:
+            raise ValueError(
+                f"head_similarity must be one of {HEAD_SIMILARITIES}, got {head_similarity!r}"
+            )
+        # "template" (with support_in_head): the head's similarity map is a normalised
+        # cross-correlation of the query's embedding map with the support's embedding map, per
+        # level, instead of a cosine with one pooled vector. The support crop is resized per
+        # level (``template_sides``) so that its glyph has about the size of that level's
+        # objects: the same backbone stage then sees the same glyph at the same scale on both
+        # sides, and the comparison keeps the glyph's layout (``template_cells`` per side).
+        # Such a Siamese correlation tells glyphs apart before the features have learnt much,
+        # where a pooled prototype needs features that already encode the class.
+        self.head_similarity = head_similarity
+        # similarity_gate (with support_in_head): the heatmap is P(glyph) × P(match), the head's
+        # probability times the similarity map read as a probability (``similarity_logit``).
+        # As one more input channel the similarity is ignored: the head first learns to find
+        # every glyph, which all but minimises the loss, and the support never matters. As a
+        # factor, a support that does not match lowers the score whatever the head does.
+        if similarity_gate and not support_in_head:
+            raise ValueError("similarity_gate needs support_in_head")
+        self.similarity_gate = similarity_gate
+        self.template_sides = tuple(int(t) for t in template_sides)
+        self.template_cells = tuple(int(k) for k in template_cells)
         extra = 1 if support_in_head else 0
         self.head_inputs = nn.ModuleList(
             nn.Conv2d(c + extra, head_channels, 1) for c in fused_channels
@@ -135,6 +191,11 @@ class FewShotDetector(nn.Module):
         # prototypes would compare different scales); the query's is per level and position.
         self.embed_query = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in backbone_channels)
         self.embed_support = nn.Linear(sum(backbone_channels), embed_dim)
+        # The similarity loss reads the similarity map as heatmap logits (scale, bias): it
+        # trains the embeddings to peak on the support's class and not on the canvas's other
+        # glyphs, which are the negatives that matter, where the matching loss only contrasts
+        # the other episodes' supports.
+        self.similarity_logit = nn.Parameter(torch.tensor([10.0, -5.0]))
         self.tower = nn.Sequential(
             _conv_block(head_channels, head_channels), _conv_block(head_channels, head_channels)
         )
@@ -142,14 +203,40 @@ class FewShotDetector(nn.Module):
         self.box = nn.Conv2d(head_channels, 4, 3, padding=1)
         nn.init.constant_(self.heatmap.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01
 
-    def forward(self, images: Tensor, supports: Tensor, support_mode: str = "normal") -> Prediction:
-        """images (B, 3, H, W); supports (B, K, 3, S, S); support_mode ``normal`` | ``none``."""
-        return self.predict(self.backbone(images), self.support_features(supports), support_mode)
+    def forward(
+        self,
+        images: Tensor,
+        supports: Tensor,
+        support_mode: str = "normal",
+        query_index: Tensor | None = None,
+    ) -> Prediction:
+        """images (N, 3, H, W); supports (B, K, 3, S, S); support_mode ``normal`` | ``none``;
+        ``query_index`` (B,): which image each episode queries (default: image b for episode b),
+        so that several episodes on one canvas run the query backbone once."""
+        query = self.backbone(images)
+        if query_index is not None:
+            query = [f[query_index] for f in query]
+        return self.predict(query, self.support_features(supports), support_mode)
 
     def support_features(self, supports: Tensor) -> list[Tensor]:
-        """Backbone maps of K-shot supports (B, K, 3, S, S): per level (B, K, C, h, w)."""
+        """Features of K-shot supports (B, K, 3, S, S): per level the backbone's maps
+        (B, K, C, h, w). With the template similarity, four more entries follow: per level the
+        embedded template (B, K, D, t, t) that ``predict`` correlates with the query."""
         b, k = supports.shape[:2]
-        return [f.reshape(b, k, *f.shape[1:]) for f in self.backbone(supports.flatten(0, 1))]
+        flat = supports.flatten(0, 1)
+        maps = self.backbone(flat)
+        out = [f.reshape(b, k, *f.shape[1:]) for f in maps]
+        if self.support_in_head and self.head_similarity == "template":
+            resized: dict[int, list[Tensor]] = {flat.shape[-1]: maps}
+            for level, (side, cells) in enumerate(
+                zip(self.template_sides, self.template_cells, strict=True)
+            ):
+                if side not in resized:
+                    x = F.interpolate(flat, size=(side, side), mode="bilinear", antialias=True)
+                    resized[side] = self.backbone(x)
+                t = F.adaptive_avg_pool2d(self.embed_query[level](resized[side][level]), cells)
+                out.append(t.reshape(b, k, *t.shape[1:]))
+        return out
 
     def predict(
         self, query: list[Tensor], support: list[Tensor], support_mode: str = "normal"
@@ -158,18 +245,29 @@ class FewShotDetector(nn.Module):
         computes each image's and each class's maps once and reuses them for every query."""
         if support_mode not in SUPPORT_MODES:
             raise ValueError(f"support_mode must be one of {SUPPORT_MODES}, got {support_mode!r}")
+        support, templates = support[: len(query)], support[len(query) :]
         fused = self.fusion(query, None if support_mode == "none" else support)
         q_emb = [F.normalize(e(q), dim=1) for e, q in zip(self.embed_query, query, strict=True)]
         pooled = torch.cat([s.mean(dim=(1, 3, 4)) for s in support], dim=1)  # (B, ΣC)
         s_emb = [F.normalize(self.embed_support(pooled), dim=1)] * len(query)
-        levels = []
+        levels, similarities = [], []
         for i, f in enumerate(fused):
-            if self.support_in_head:
+            if self.support_in_head and templates:
+                similarity = _correlate(self.embed_query[i](query[i]), templates[i].mean(dim=1))
+            elif self.support_in_head:
                 similarity = torch.einsum("bdhw,bd->bhw", q_emb[i], s_emb[i])[:, None]
+            if self.support_in_head:
                 f = torch.cat([f, similarity], dim=1)
+                similarities.append(similarity)
             h = self.tower(self.head_inputs[i](f))
-            levels.append(LevelOutput(self.heatmap(h), self.box(h)))
-        return Prediction(levels, q_emb, s_emb)
+            heat = self.heatmap(h)
+            if self.similarity_gate:
+                scale, bias = self.similarity_logit
+                log_p = F.logsigmoid(heat) + F.logsigmoid(similarity * scale + bias)
+                log_p = log_p.clamp(max=-1e-6)
+                heat = log_p - torch.log(-torch.expm1(log_p))  # logit of the product
+            levels.append(LevelOutput(heat, self.box(h)))
+        return Prediction(levels, q_emb, s_emb, similarities or None)
 
     # ------------------------------------------------------------------------------ training
 
@@ -185,21 +283,29 @@ class FewShotDetector(nn.Module):
         boxes: list[Tensor],
         class_ids: Tensor | None = None,
         match_weight: float = 0.0,
+        similarity_weight: float = 0.0,
     ) -> dict[str, Tensor]:
         """Focal loss on the Gaussian heatmaps, L1 on centre offsets and log sizes, and (with
         ``match_weight`` > 0) the matching loss: each target's query embedding must be nearer its
         own episode's support embedding than the other episodes' (InfoNCE over the batch;
-        episodes of the same class are not counted as negatives)."""
+        episodes of the same class are not counted as negatives); and (with ``similarity_weight``
+        > 0 and ``support_in_head``) the similarity loss: the focal loss on the similarity map
+        read as heatmap logits."""
         heat_terms, box_terms = [], []
         num_pos = sum(len(b) for b in boxes)
         boxes = [b.cpu() for b in boxes]  # targets are built on the CPU, then moved once
         outputs = prediction.levels
         match_logits, match_labels = [], []
+        sim_terms = []
         for level, out in enumerate(outputs):
             target, mask, box_target = (
                 t.to(out.heatmap.device) for t in self._targets(level, out.heatmap.shape, boxes)
             )
             heat_terms.append(_focal_loss(out.heatmap, target))
+            if similarity_weight > 0 and prediction.similarities is not None:
+                scale, bias = self.similarity_logit
+                logits = prediction.similarities[level] * scale + bias
+                sim_terms.append(_focal_loss(logits, target))
             if mask.any():
                 pred = out.box.permute(0, 2, 3, 1)[mask]  # (P, 4)
                 box_terms.append(F.l1_loss(pred, box_target, reduction="sum"))
@@ -224,6 +330,9 @@ class FewShotDetector(nn.Module):
                 logits = logits.masked_fill(same, float("-inf"))
             losses["match"] = F.cross_entropy(logits, labels)
             total = total + match_weight * losses["match"]
+        if sim_terms:
+            losses["similarity"] = torch.stack(sim_terms).sum() / norm
+            total = total + similarity_weight * losses["similarity"]
         losses["loss"] = total
         return losses
 
@@ -299,6 +408,22 @@ class FewShotDetector(nn.Module):
             kept = nms(boxes, scores, nms_iou)[:top_k]
             results.append((boxes[kept], scores[kept]))
         return results
+
+
+def _correlate(query: Tensor, template: Tensor) -> Tensor:
+    """Normalised cross-correlation (B, 1, H, W) of query maps (B, D, H, W) with one template
+    (B, D, t, t) each: the cosine between the template and the t×t window at each position."""
+    b, d, h, w = query.shape
+    t = template.shape[-1]
+    # Centred per map: ReLU features share a large common direction that would make every
+    # window look alike; what is left compares the glyph's layout.
+    query = query - query.mean(dim=(2, 3), keepdim=True)
+    template = template - template.mean(dim=(2, 3), keepdim=True)
+    pad = t // 2
+    dot = F.conv2d(query.reshape(1, b * d, h, w), template, padding=pad, groups=b)
+    energy = F.avg_pool2d(query.pow(2).sum(1, keepdim=True), t, 1, pad, count_include_pad=True)
+    norm = (energy * t * t).sqrt() * template.flatten(1).norm(dim=1).view(b, 1, 1, 1)
+    return (dot.reshape(b, 1, h, w) / norm.clamp(min=1e-6)).clamp(-1, 1)
 
 
 def _focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, beta: float = 4.0) -> Tensor:

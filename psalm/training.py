@@ -54,6 +54,7 @@ class TrainSettings:
     log_every: int = 1  # steps between train/loss reports
     max_loss: float = 1e4  # a loss above this (or non-finite) ends the run as diverged
     match_weight: float = 0.0  # weight of the query–support matching loss (0: off)
+    similarity_weight: float = 0.0  # weight of the focal loss on the head's similarity map
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -142,8 +143,15 @@ def fit(
     for step in range(start, settings.steps):
         batch = data.train_batch(step, settings.batch_size, settings.shots, settings.seed)
         images = batch.queries.to(device).contiguous(memory_format=torch.channels_last)
-        prediction = model(images, batch.supports.to(device))
-        losses = model.loss(prediction, batch.boxes, batch.class_ids, settings.match_weight)
+        index = None if batch.query_index is None else batch.query_index.to(device)
+        prediction = model(images, batch.supports.to(device), query_index=index)
+        losses = model.loss(
+            prediction,
+            batch.boxes,
+            batch.class_ids,
+            settings.match_weight,
+            settings.similarity_weight,
+        )
         loss = losses["loss"]
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value) or loss_value > settings.max_loss:

@@ -1,0 +1,92 @@
+"""The detector's support path in the head: template correlation, the similarity gate, and
+episodes that share one canvas (untrained weights, tiny inputs: fast)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from psalm.detector import FewShotDetector, _correlate
+from psalm.registry import build_fusion
+
+CHANNELS = [8, 16, 16, 16]
+
+
+def _detector(**options) -> FewShotDetector:
+    torch.manual_seed(0)
+    fusion = build_fusion(
+        "psalm", query_channels=CHANNELS, support_channels=CHANNELS, out_channels=CHANNELS,
+        num_heads=4, use_pyramid=True, use_conv_preprocessing=True,
+    )  # fmt: skip
+    options = {
+        "support_in_head": True,
+        "head_similarity": "template",
+        "similarity_gate": True,
+        "standardize_inputs": True,
+        **options,
+    }
+    model = FewShotDetector(
+        fusion, backbone_channels=CHANNELS, fused_channels=CHANNELS, head_channels=8, **options
+    )
+    return model.eval()
+
+
+def test_correlation_peaks_where_the_template_was_cut_from() -> None:
+    torch.manual_seed(0)
+    query = torch.randn(2, 6, 12, 12)
+    template = torch.stack([query[0, :, 2:7, 3:8], query[1, :, 6:11, 5:10]])  # 5×5 windows
+    similarity = _correlate(query, template)
+    assert similarity.shape == (2, 1, 12, 12)
+    assert similarity.abs().max() <= 1
+    peaks = [divmod(int(s.flatten().argmax()), 12) for s in similarity]
+    assert peaks == [(4, 5), (8, 7)]  # the windows' centres
+
+
+def test_episodes_sharing_a_canvas_predict_as_if_each_had_its_own_copy() -> None:
+    model = _detector()
+    torch.manual_seed(1)
+    canvases, supports = torch.rand(2, 3, 64, 64), torch.rand(4, 1, 3, 32, 32)
+    index = torch.tensor([0, 0, 1, 1])
+    with torch.no_grad():
+        shared = model(canvases, supports, query_index=index)
+        copied = model(canvases[index], supports)
+    for a, b in zip(shared.levels, copied.levels, strict=True):
+        torch.testing.assert_close(a.heatmap, b.heatmap)
+        torch.testing.assert_close(a.box, b.box)
+
+
+def test_the_gate_caps_the_score_by_the_support_match() -> None:
+    """P(target) = P(glyph) × P(match): never above what the similarity map allows, so a
+    support that matches nothing scores nothing whatever the head thinks."""
+    model = _detector()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 64), torch.rand(2, 1, 3, 32, 32))
+        scale, bias = model.similarity_logit
+        for level, similarity in zip(out.levels, out.similarities, strict=True):
+            match = torch.sigmoid(similarity * scale + bias)
+            assert (level.heatmap.sigmoid() <= match + 1e-6).all()
+            assert (level.heatmap.sigmoid() < match).any()  # the head's P(glyph) < 1 counts
+
+
+def test_the_support_changes_the_prediction_and_none_only_leaves_the_fusion() -> None:
+    model = _detector()
+    torch.manual_seed(3)
+    canvas, supports = torch.rand(1, 3, 64, 64), torch.rand(2, 1, 1, 3, 32, 32)
+    with torch.no_grad():
+        a, b = (model(canvas, s).levels[0].heatmap for s in supports)
+        none = model(canvas, supports[0], support_mode="none")
+    assert not torch.allclose(a, b)
+    assert none.similarities is not None  # the head still sees the support
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"head_similarity": "cosine"}, "head_similarity"),
+        ({"support_in_head": False}, "similarity_gate"),
+    ],
+)
+def test_invalid_options_are_refused_by_name(options: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        _detector(**options)
