@@ -38,6 +38,12 @@ class Expectations:
     confidence: float
     ranges: dict[tuple[str, str], ExpectedRange]
     benchmark: dict[str, Any] = field(default_factory=dict)
+    controls: frozenset[str] = frozenset()  # arms that check the setup, not a claim
+
+    def is_control(self, arm: str) -> bool:
+        """True for an arm the study runs as a control (e.g. ``support_shuffled``): the report
+        predicts nothing for it, whatever its ablation."""
+        return str(arm).lower() in self.controls
 
     def range_for(self, ablation: str, model: str) -> ExpectedRange | None:
         """The predicted range for one ablation and model, or None if the report makes none."""
@@ -69,6 +75,7 @@ def load_expectations(path: str | Path | None = None) -> Expectations:
         confidence=confidence,
         ranges=ranges,
         benchmark=dict(raw.get("benchmark") or {}),
+        controls=frozenset(str(arm).lower() for arm in raw.get("controls") or ()),
     )
 
 

@@ -92,7 +92,8 @@ def verdict_table(deltas: PairedDeltas, expectations: Expectations) -> pd.DataFr
     rows = []
     scale = "rel" if expectations.scale == "relative" else "abs"
     for cell in deltas.summary.itertuples(index=False):
-        expected = expectations.range_for(cell.ablation, cell.model)
+        control = expectations.is_control(cell.arm)
+        expected = None if control else expectations.range_for(cell.ablation, cell.model)
         ci_low = getattr(cell, f"delta_{scale}_ci_low")
         ci_high = getattr(cell, f"delta_{scale}_ci_high")
         notes = []
@@ -102,7 +103,9 @@ def verdict_table(deltas: PairedDeltas, expectations: Expectations) -> pd.DataFr
             notes.append("1 seed: no interval")
         if cell.n_excluded:
             notes.append(f"{cell.n_excluded} variant run(s) left out, see excluded")
-        if expected is None:
+        if control:
+            notes.append("a control arm, not a claim of the report")
+        elif expected is None:
             notes.append(f"conf/expectations.yaml has no range for {cell.ablation}/{cell.model}")
         rows.append(
             {

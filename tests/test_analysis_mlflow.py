@@ -80,8 +80,10 @@ def test_verdicts_json(store, capsys):
     assert within["ci_low"] < -12.5 < within["ci_high"]
     assert (within["expected_low"], within["expected_high"]) == (-15, -10)
     assert within["metric"] == "test/nAP50"
-    single = by_cell[("psalm", "support", "support_shuffled")]
+    single = by_cell[("psalm", "conv", "no_conv")]
     assert single["n"] == 1 and single["ci_low"] is None and single["verdict"] == "inconclusive"
+    control = by_cell[("psalm", "support", "support_shuffled")]
+    assert control["verdict"] == "no expectation" and "control" in control["note"]
     assert "status FAILED" in out.err  # left-out runs are told, on stderr
 
 

@@ -45,16 +45,19 @@ def test_planted_effects_get_the_right_verdicts():
         ("psalm", "pyramid", "no_pyramid"): ("smaller drop", 4),
         ("cheaf", "support", "support_none"): ("larger drop", 4),
         ("psalm", "support", "support_none"): ("opposite sign", 4),
-        ("cheaf", "support", "support_shuffled"): ("inconclusive", 4),
-        ("psalm", "support", "support_shuffled"): ("inconclusive", 1),
+        # a control (conf/expectations.yaml `controls`): measured, never judged as a claim
+        ("cheaf", "support", "support_shuffled"): ("no expectation", 4),
+        ("psalm", "support", "support_shuffled"): ("no expectation", 1),
         ("psalm", "conv", "no_conv"): ("inconclusive", 1),
     }
-    row = analysis.verdicts.set_index(["model", "ablation", "arm"]).loc[
-        ("psalm", "support", "support_shuffled")
-    ]
+    rows = analysis.verdicts.set_index(["model", "ablation", "arm"])
+    row = rows.loc[("psalm", "conv", "no_conv")]
     assert "1 seed" in row.note
     assert (row.expected_low, row.expected_high) == (-20.0, -15.0)
     assert "Student t" in row.interval
+    control = rows.loc[("cheaf", "support", "support_shuffled")]
+    assert "control" in control.note and math.isnan(control.expected_low)
+    assert control.delta_rel_mean == pytest.approx(-21.25)  # still measured
 
 
 def test_table_says_which_interval_and_flags_single_seeds():
