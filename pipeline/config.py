@@ -162,6 +162,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 
     Cheap checks only (no data is loaded); ``pipeline.run.check_spec`` adds the data checks.
     """
+    from psalm.detector import HEAD_SIMILARITIES
     from psalm.registry import ABLATION_FLAGS, FUSION_MODULES
 
     problems: list[str] = []
@@ -193,6 +194,13 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         value = model.get(key)
         if not isinstance(value, int | float) or value < 0 or (key == "lr" and value == 0):
             problems.append(f"model.{key} must be a positive number, got {value!r}")
+    if model.get("head_similarity", "prototype") not in HEAD_SIMILARITIES:
+        problems.append(
+            f"model.head_similarity={model.get('head_similarity')!r} is not one of "
+            f"{', '.join(HEAD_SIMILARITIES)}"
+        )
+    if model.get("similarity_gate") and not model.get("support_in_head"):
+        problems.append("model.similarity_gate=true needs model.support_in_head=true")
     train = cfg.get("train", {})
     for key in ("steps", "batch_size", "shots", "checkpoint_every", "threads"):
         value = train.get(key)
@@ -203,6 +211,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         value = data.get(key)
         if not isinstance(value, int) or value <= 0 or value % 32:
             problems.append(f"data.{key} must be a positive multiple of 32, got {value!r}")
+    episodes = data.get("episodes_per_canvas", 1)
+    if data.get("name") == "synthetic" and (not isinstance(episodes, int) or episodes < 1):
+        problems.append(f"data.episodes_per_canvas must be a positive integer, got {episodes!r}")
     if data.get("name") not in ("synthetic", "coco"):
         problems.append(f"data.name={data.get('name')!r} is not one of synthetic, coco")
     if data.get("name") == "coco":

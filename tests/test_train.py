@@ -419,6 +419,9 @@ def test_the_config_hash_follows_the_coco_annotations(
         (["model=cheaf", "+model.use_pyramid=false"], "model.use_pyramid"),
         (["data.image_size=100"], "data.image_size"),
         (["train.steps=0"], "train.steps"),
+        (["data.episodes_per_canvas=0"], "data.episodes_per_canvas"),
+        (["model.head_similarity=cosine"], "model.head_similarity"),
+        (["model.support_in_head=false"], "model.similarity_gate"),
     ],
 )
 def test_invalid_configs_are_refused_naming_the_key(overrides: list[str], key: str) -> None:
