@@ -247,13 +247,14 @@ class FewShotDetector(nn.Module):
             raise ValueError(f"support_mode must be one of {SUPPORT_MODES}, got {support_mode!r}")
         support, templates = support[: len(query)], support[len(query) :]
         fused = self.fusion(query, None if support_mode == "none" else support)
-        q_emb = [F.normalize(e(q), dim=1) for e, q in zip(self.embed_query, query, strict=True)]
+        embedded = [e(q) for e, q in zip(self.embed_query, query, strict=True)]
+        q_emb = [F.normalize(e, dim=1) for e in embedded]
         pooled = torch.cat([s.mean(dim=(1, 3, 4)) for s in support], dim=1)  # (B, ΣC)
         s_emb = [F.normalize(self.embed_support(pooled), dim=1)] * len(query)
         levels, similarities = [], []
         for i, f in enumerate(fused):
             if self.support_in_head and templates:
-                similarity = _correlate(self.embed_query[i](query[i]), templates[i].mean(dim=1))
+                similarity = _correlate(embedded[i], templates[i].mean(dim=1))
             elif self.support_in_head:
                 similarity = torch.einsum("bdhw,bd->bhw", q_emb[i], s_emb[i])[:, None]
             if self.support_in_head:
