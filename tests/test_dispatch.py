@@ -317,14 +317,16 @@ def test_slurm_preemption_requeues_and_resumes_once(slurm_cluster: None, tmp_pat
         time.sleep(0.1)
     assert log.exists(), f"the job never started; see {status(tmp_path)[0]}"
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
-    # SLURM holds a requeued job for a while (BeginTime); start it again right away.
+    # SLURM holds a requeued job for a while (BeginTime, about 2 min); start it sooner, but not
+    # within the second of the requeue: slurmd compares the new start's credential with the
+    # revocation in whole seconds and refuses it ("Job credential revoked", the job fails).
     while time.time() < deadline:
         current = status(tmp_path)[0]
         if current.state == "queued" and current.attempts == 1:
             break
         time.sleep(0.1)
     assert "requeued after attempt 1" in current.detail
-    subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True)
+    subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now+2"], check=True)
 
     (job,) = wait_for(tmp_path, progress=False, poll_s=0.3, timeout_s=60)
     assert job.state == "done" and job.result == 10 and job.attempts == 2
