@@ -42,6 +42,25 @@ def test_correlation_peaks_where_the_template_was_cut_from() -> None:
     assert peaks == [(4, 5), (8, 7)]  # the windows' centres
 
 
+@pytest.mark.parametrize("side", [1, 3, 5])
+def test_correlation_is_the_cosine_with_each_window(side: int) -> None:
+    torch.manual_seed(1)
+    query, template = torch.randn(2, 4, 7, 9), torch.randn(2, 4, side, side)
+    centred_q = query - query.mean(dim=(2, 3), keepdim=True)
+    centred_t = template - template.mean(dim=(2, 3), keepdim=True)
+    pad = side // 2
+    padded = torch.nn.functional.pad(centred_q, (pad, pad, pad, pad))  # zeros outside
+    expected = torch.zeros(2, 1, 7, 9)
+    for b in range(2):
+        for y in range(7):
+            for x in range(9):
+                window = padded[b, :, y : y + side, x : x + side].flatten()
+                expected[b, 0, y, x] = torch.nn.functional.cosine_similarity(
+                    window, centred_t[b].flatten(), dim=0, eps=1e-12
+                )
+    assert torch.allclose(_correlate(query, template), expected, atol=1e-5)
+
+
 def test_episodes_sharing_a_canvas_predict_as_if_each_had_its_own_copy() -> None:
     model = _detector()
     torch.manual_seed(1)
