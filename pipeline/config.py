@@ -201,6 +201,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         )
     if model.get("similarity_gate") and not model.get("support_in_head"):
         problems.append("model.similarity_gate=true needs model.support_in_head=true")
+    for key in ("template_sides", "template_cells"):
+        values = model.get(key, [1, 1, 1, 1])
+        if not isinstance(values, list) or len(values) != 4:
+            problems.append(f"model.{key} must list 4 levels (P2..P5), got {values!r}")
+        elif any(not isinstance(v, int) or v < 1 for v in values):
+            problems.append(f"model.{key} must be positive ints, got {values!r}")
+        elif key == "template_cells" and any(v % 2 == 0 for v in values):
+            problems.append(f"model.template_cells must be odd (a window's centre), got {values}")
     train = cfg.get("train", {})
     for key in ("steps", "batch_size", "shots", "checkpoint_every", "threads"):
         value = train.get(key)

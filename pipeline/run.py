@@ -86,6 +86,9 @@ def build_detector(model_cfg: dict[str, Any], seed: int) -> FewShotDetector:
         head_similarity=model_cfg.get("head_similarity", "prototype"),
         similarity_gate=model_cfg.get("similarity_gate", False),
         standardize_inputs=model_cfg.get("standardize_inputs", False),
+        # configs saved before these keys existed ran with the earlier template scale
+        template_sides=model_cfg.get("template_sides", (24, 48, 64, 64)),
+        template_cells=model_cfg.get("template_cells", (5, 5, 3, 1)),
     )
 
 

@@ -3,9 +3,13 @@ episodes that share one canvas (untrained weights, tiny inputs: fast)."""
 
 from __future__ import annotations
 
+import inspect
+import math
+
 import pytest
 import torch
 
+from psalm.data import SyntheticGlyphs
 from psalm.detector import FewShotDetector, _correlate
 from psalm.registry import build_fusion
 
@@ -61,6 +65,25 @@ def test_correlation_is_the_cosine_with_each_window(side: int) -> None:
     assert torch.allclose(_correlate(query, template), expected, atol=1e-5)
 
 
+def test_each_levels_template_matches_glyphs_of_that_levels_size() -> None:
+    """With the benchmark's defaults, a support glyph in a level's template spans as many cells
+    as a query glyph of that level's typical size: stride × fraction × cells pixels lies inside
+    the sizes the level is trained on (the correlation compares glyphs at the same scale)."""
+    defaults = inspect.signature(SyntheticGlyphs).parameters
+    smallest, largest = defaults["glyph_sizes"].default
+    fraction = sum(defaults["support_glyph_fraction"].default) / 2
+    model = _detector()
+    sizes = model.level_sizes
+    for level, (stride, cells) in enumerate(zip(model.strides, model.template_cells, strict=True)):
+        low = math.sqrt(sizes[level - 1] * sizes[level]) if level else 0.0
+        high = math.sqrt(sizes[level] * sizes[level + 1]) if level < 3 else math.inf
+        low, high = max(low, smallest), min(high, largest)
+        if low >= high:
+            continue  # no glyph of the benchmark goes to this level
+        matched = stride * fraction * cells
+        assert low <= matched <= high, (level, matched, (low, high))
+
+
 def test_episodes_sharing_a_canvas_predict_as_if_each_had_its_own_copy() -> None:
     model = _detector()
     torch.manual_seed(1)
@@ -104,6 +127,8 @@ def test_the_support_changes_the_prediction_and_none_only_leaves_the_fusion() ->
     [
         ({"head_similarity": "cosine"}, "head_similarity"),
         ({"support_in_head": False}, "similarity_gate"),
+        ({"template_cells": (7, 5, 4, 1)}, "template_cells"),
+        ({"template_cells": (9, 5, 5, 1)}, "template_sides"),
     ],
 )
 def test_invalid_options_are_refused_by_name(options: dict, name: str) -> None:

@@ -422,6 +422,8 @@ def test_the_config_hash_follows_the_coco_annotations(
         (["data.episodes_per_canvas=0"], "data.episodes_per_canvas"),
         (["model.head_similarity=cosine"], "model.head_similarity"),
         (["model.support_in_head=false"], "model.similarity_gate"),
+        (["model.template_cells=[7,4,5,1]"], "model.template_cells"),
+        (["model.template_sides=[28,48,80]"], "model.template_sides"),
     ],
 )
 def test_invalid_configs_are_refused_naming_the_key(overrides: list[str], key: str) -> None:
