@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -209,6 +210,13 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             problems.append(f"model.{key} must be positive ints, got {values!r}")
         elif key == "template_cells" and any(v % 2 == 0 for v in values):
             problems.append(f"model.template_cells must be odd (a window's centre), got {values}")
+        elif key == "template_cells" and isinstance(sides := model.get("template_sides"), list):
+            for level, (side, cells) in enumerate(zip(sides, values, strict=False)):
+                if isinstance(side, int) and cells > math.ceil(side / 2 ** (level + 2)):
+                    problems.append(
+                        f"model.template_cells[{level}]={cells} exceeds the map of a {side} px "
+                        f"template on P{level + 2}: raise model.template_sides[{level}]"
+                    )
     train = cfg.get("train", {})
     for key in ("steps", "batch_size", "shots", "checkpoint_every", "threads"):
         value = train.get(key)

@@ -424,6 +424,7 @@ def test_the_config_hash_follows_the_coco_annotations(
         (["model.support_in_head=false"], "model.similarity_gate"),
         (["model.template_cells=[7,4,5,1]"], "model.template_cells"),
         (["model.template_sides=[28,48,80]"], "model.template_sides"),
+        (["model.template_cells=[9,5,5,1]"], "model.template_cells"),
     ],
 )
 def test_invalid_configs_are_refused_naming_the_key(overrides: list[str], key: str) -> None:
