@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -163,7 +162,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 
     Cheap checks only (no data is loaded); ``pipeline.run.check_spec`` adds the data checks.
     """
-    from psalm.detector import HEAD_SIMILARITIES
+    from psalm.detector import HEAD_SIMILARITIES, template_map_cells
     from psalm.registry import ABLATION_FLAGS, FUSION_MODULES
 
     problems: list[str] = []
@@ -212,7 +211,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             problems.append(f"model.template_cells must be odd (a window's centre), got {values}")
         elif key == "template_cells" and isinstance(sides := model.get("template_sides"), list):
             for level, (side, cells) in enumerate(zip(sides, values, strict=False)):
-                if isinstance(side, int) and cells > math.ceil(side / 2 ** (level + 2)):
+                if isinstance(side, int) and cells > template_map_cells(side, level):
                     problems.append(
                         f"model.template_cells[{level}]={cells} exceeds the map of a {side} px "
                         f"template on P{level + 2}: raise model.template_sides[{level}]"

@@ -53,6 +53,13 @@ from psalm.boxes import nms
 
 SUPPORT_MODES = ("normal", "none")
 HEAD_SIMILARITIES = ("prototype", "template")
+STRIDES = (4, 8, 16, 32)  # of the levels P2..P5
+
+
+def template_map_cells(side: int, level: int) -> int:
+    """Cells of a ``side`` px template's map on level P(level + 2): the most
+    ``template_cells[level]`` may pool it to."""
+    return math.ceil(side / STRIDES[level])
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -153,7 +160,7 @@ class FewShotDetector(nn.Module):
         super().__init__()
         self.backbone = Backbone(backbone_channels, standardize=standardize_inputs)
         self.fusion = fusion
-        self.strides = (4, 8, 16, 32)
+        self.strides = STRIDES
         self.level_sizes = tuple(float(s) for s in level_sizes)
         self.support_in_head = support_in_head
         self.match_temperature = match_temperature
@@ -196,10 +203,10 @@ class FewShotDetector(nn.Module):
         ):
             if cells < 1 or cells % 2 == 0:
                 raise ValueError(f"template_cells must be odd and positive, got {template_cells}")
-            if cells > math.ceil(side / self.strides[level]):
+            if cells > template_map_cells(side, level):
                 raise ValueError(
                     f"template_cells[{level}]={cells} exceeds the {side} px template's map on "
-                    f"P{level + 2} ({math.ceil(side / self.strides[level])} cells at stride "
+                    f"P{level + 2} ({template_map_cells(side, level)} cells at stride "
                     f"{self.strides[level]}): raise template_sides[{level}]"
                 )
         extra = 1 if support_in_head else 0
