@@ -20,7 +20,7 @@ MODEL ?= psalm
 OPTUNA_STORAGE ?= sqlite:///optuna.db
 #? Port of optuna-dashboard (127.0.0.1 only)
 OPTUNA_PORT ?= 8080
-#? Study name for report / ablation-status: <ablation>-<profile>, e.g. pyramid-default
+#? Study name for report / ablation-status / ablation-cancel: <ablation>-<profile>, e.g. pyramid-default
 STUDY ?=
 #? Studies to compare: make compare A=... B=...
 A ?=
@@ -39,7 +39,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
 .PHONY: help setup test lint format benchmark train evaluate \
-	ablation-pyramid ablation-conv ablation-support ablations ablation-status \
+	ablation-pyramid ablation-conv ablation-support ablations ablation-status ablation-cancel \
 	sweep sweep-status optuna-dashboard postgres-up postgres-down \
 	report compare mlflow-ui slurm-up slurm-down clean distclean
 
@@ -110,6 +110,10 @@ ablations: $(STAMP) ## All ablation studies, sharing baseline runs; PROFILE, LAU
 
 ablation-status: $(STAMP) ## Progress of submitted studies (STUDY= for one)
 	$(PY) -m ablations status $(STUDY) $(ARGS)
+
+ablation-cancel: $(STAMP) ## Stop a study's unfinished jobs, local or SLURM (STUDY=, required)
+	@test -n "$(STUDY)" || { echo "make ablation-cancel needs STUDY=<ablation>-<profile>, e.g. STUDY=pyramid-default (make ablation-status lists them)" >&2; exit 2; }
+	$(PY) -m ablations cancel $(STUDY) $(ARGS)
 
 sweep: $(STAMP) ## Optuna sweep of lr, weight decay, warm-up (MODEL=psalm|cheaf); PROFILE, LAUNCHER
 	$(PY) -m sweeps run $(MODEL) profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)

@@ -4,11 +4,15 @@
     python -m ablations run all profile=smoke seeds=[0,1]            # every study, shared baselines
     python -m ablations run support launcher=slurm launcher.partition=gpu --no-wait
     python -m ablations status pyramid-default                       # a study's jobs
+    python -m ablations cancel pyramid-default                       # stop its unfinished jobs
     python -m ablations list                                         # the study files
 
 ``run`` expands the study (``conf/ablation/<name>.yaml``) into run specs, validates all of them,
 skips the runs already FINISHED (or live elsewhere), dispatches the rest, waits, and prints the
 AP per arm and the verdicts against the report's expectations, then the dashboard's path.
+``cancel`` stops a study's unfinished jobs wherever they run (the local queue, or ``scancel`` on
+SLURM); finished runs keep their results, and ``run`` again resumes the interrupted ones from
+their last checkpoint.
 Study settings ``models=[…]`` and ``seeds=[…]`` change the study; every other override goes to
 each run (``profile=``, ``launcher=``, ``train.steps=``, …).
 """
@@ -19,10 +23,19 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from ablations.study import STUDY_KEYS, Plan, expand, load_study, study_folder, study_names
 from pipeline.config import ConfigError, RunSpec
-from pipeline.dispatch import LauncherConfig, dispatch, format_status, status
+from pipeline.dispatch import (
+    FINAL_STATES,
+    LauncherConfig,
+    batch_folders,
+    cancel,
+    dispatch,
+    format_status,
+    status,
+)
 from pipeline.mlflow_server import shared_tracking
 from pipeline.run import run, run_dir
 from pipeline.tracking import Tracker, tracking_uri
@@ -142,14 +155,44 @@ def _status(args: argparse.Namespace) -> int:
         print(f"no dispatched studies under {root}")
         return 0
     for study in studies:
-        folder = study_folder(study, args.output_dir)
-        if not folder.exists():
-            known = ", ".join(sorted(p.name for p in root.glob("*"))) or "none"
-            print(f"error: no dispatched study {study!r} (known: {known})", file=sys.stderr)
+        folder = _dispatched(study, args.output_dir)
+        if folder is None:
             return 2
         print(f"study {study}:")
         print(format_status(status(folder)))
     return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    folder = _dispatched(args.study, args.output_dir)
+    if folder is None:
+        return 2
+    stopped = 0
+    for batch in batch_folders(folder):
+        live = [s for s in status(batch) if s.state not in FINAL_STATES]
+        if live:
+            cancel(batch)
+            stopped += len(live)
+            print(f"batch {batch.name}: cancelled {', '.join(s.label for s in live)}")
+    if not stopped:
+        print(f"study {args.study}: nothing to cancel, every job has ended")
+    else:
+        print(
+            f"study {args.study}: {stopped} job(s) cancelled; finished runs keep their results, "
+            f"and `python -m ablations run` again resumes the rest from their checkpoints"
+        )
+    return 0
+
+
+def _dispatched(study: str, output_dir: str) -> Path | None:
+    """The folder of a dispatched study, or None after an error naming the known ones."""
+    folder = study_folder(study, output_dir)
+    if folder.exists():
+        return folder
+    root = folder.parent
+    known = ", ".join(sorted(p.name for p in root.glob("*"))) or "none"
+    print(f"error: no dispatched study {study!r} under {root} (known: {known})", file=sys.stderr)
+    return None
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -170,6 +213,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("study", nargs="?", help="the study's name, e.g. pyramid-default")
     p.add_argument("--output-dir", default="runs", help="the runs' output_dir (default: runs)")
     p.set_defaults(func=_status)
+    p = sub.add_parser("cancel", help="stop a dispatched study's unfinished jobs")
+    p.add_argument("study", help="the study's name, e.g. pyramid-default")
+    p.add_argument("--output-dir", default="runs", help="the runs' output_dir (default: runs)")
+    p.set_defaults(func=_cancel)
     p = sub.add_parser("list", help="the available studies")
     p.set_defaults(func=_list)
     return parser

@@ -457,20 +457,29 @@ def _slurm_executor(launcher: LauncherConfig, log_dir: Path) -> submitit.AutoExe
 # --- status ----------------------------------------------------------------------------------
 
 
-def batch_folder(folder: str | Path) -> Path:
-    """The batch folder for `folder`: itself if it holds a manifest, else its latest batch."""
+def batch_folders(folder: str | Path) -> list[Path]:
+    """Every batch dispatched under `folder`, oldest first (`folder` itself if it is one)."""
     folder = Path(folder).resolve()
     if (folder / MANIFEST).exists():
-        return folder
+        return [folder]
     for parent in (folder / "dispatch", folder):
         if not parent.is_dir():
             continue
         batches = sorted(p for p in parent.iterdir() if (p / MANIFEST).exists())
         if batches:
-            return batches[-1]
-    raise FileNotFoundError(
-        f"no dispatched batch in {folder} (expected {folder}/dispatch/<batch>/{MANIFEST})"
-    )
+            return batches
+    return []
+
+
+def batch_folder(folder: str | Path) -> Path:
+    """The batch folder for `folder`: itself if it holds a manifest, else its latest batch."""
+    batches = batch_folders(folder)
+    if not batches:
+        folder = Path(folder).resolve()
+        raise FileNotFoundError(
+            f"no dispatched batch in {folder} (expected {folder}/dispatch/<batch>/{MANIFEST})"
+        )
+    return batches[-1]
 
 
 def status(folder: str | Path) -> list[JobStatus]:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cloudpickle
 import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -29,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from ablations.__main__ import main
 from ablations.study import ALL, expand, load_study, study_folder
 from pipeline.config import ConfigError, RunSpec, flatten
+from pipeline.dispatch import LauncherConfig, dispatch, status, wait_for
 
 SMOKE = ("profile=smoke", "data.n_val=4", "data.n_test=6")
 STEPS = 6  # conf/profile/smoke.yaml train.steps
@@ -37,6 +40,8 @@ FLAGS = {  # the pyramid ablation's flag per model (conf/ablation/pyramid.yaml)
     "cheaf": "model.use_pyramid_refinement",
     "psalm": "model.use_pyramid",
 }
+# Jobs run in other processes, which cannot import this test module: ship its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 # --- expansion (no training) ----------------------------------------------------------------
@@ -178,6 +183,38 @@ def test_status_of_an_unknown_study_fails_with_a_message(
 ) -> None:
     assert main(["status", "no-such-study-x7", "--output-dir", str(tmp_path)]) != 0
     assert "no-such-study-x7" in capsys.readouterr().err
+
+
+def _sleep(seconds: int) -> int:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_cancel_stops_a_dispatched_study_and_says_what_it_stopped(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A study's jobs are dispatched like any batch: two long jobs on one local slot.
+    folder = study_folder("sleepy-default", tmp_path)
+    launcher = LauncherConfig(kind="local", slots=1)
+    dispatch([60, 60], _sleep, launcher, folder, labels=["a/seed0", "b/seed0"], wait=False)
+    deadline = time.time() + 30
+    while status(folder)[0].state != "running" and time.time() < deadline:
+        time.sleep(0.1)
+    running = status(folder)[0]
+    assert running.state == "running"
+
+    assert main(["cancel", "sleepy-default", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "a/seed0" in out and "b/seed0" in out and "2 job(s) cancelled" in out, out
+    statuses = wait_for(folder, progress=False, poll_s=0.2, timeout_s=30)
+    assert [s.state for s in statuses] == ["cancelled", "cancelled"]
+    assert not Path(f"/proc/{running.job_id}").exists()  # the running job's controller is gone
+
+    assert main(["cancel", "sleepy-default", "--output-dir", str(tmp_path)]) == 0
+    assert "nothing to cancel" in capsys.readouterr().out
+    assert main(["cancel", "no-such-study-x7", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-study-x7" in err and "sleepy-default" in err, err
 
 
 # --- end to end on the debug launcher -------------------------------------------------------
