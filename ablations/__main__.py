@@ -167,20 +167,24 @@ def _cancel(args: argparse.Namespace) -> int:
     folder = _dispatched(args.study, args.output_dir)
     if folder is None:
         return 2
-    stopped = 0
+    stopped: list[str] = []
     for batch in batch_folders(folder):
-        live = [s for s in status(batch) if s.state not in FINAL_STATES]
+        live = [s.label for s in status(batch) if s.state not in FINAL_STATES]
         if live:
             cancel(batch)
-            stopped += len(live)
-            print(f"batch {batch.name}: cancelled {', '.join(s.label for s in live)}")
+            stopped += live
+            print(f"batch {batch.name}: cancelled {', '.join(live)}")
     if not stopped:
         print(f"study {args.study}: nothing to cancel, every job has ended")
-    else:
-        print(
-            f"study {args.study}: {stopped} job(s) cancelled; finished runs keep their results, "
-            f"and `python -m ablations run` again resumes the rest from their checkpoints"
-        )
+        return 0
+    tracker = Tracker(None, args.experiment)
+    marked = tracker.end_cancelled(args.study, stopped)
+    if marked:
+        print(f"MLflow ({tracker.uri}): marked KILLED {', '.join(marked)}")
+    print(
+        f"study {args.study}: {len(stopped)} job(s) cancelled; finished runs keep their results, "
+        f"and `python -m ablations run` again resumes the rest from their checkpoints"
+    )
     return 0
 
 
@@ -216,6 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="stop a dispatched study's unfinished jobs")
     p.add_argument("study", help="the study's name, e.g. pyramid-default")
     p.add_argument("--output-dir", default="runs", help="the runs' output_dir (default: runs)")
+    p.add_argument("--experiment", default="psalm", help="MLflow experiment (default: psalm)")
     p.set_defaults(func=_cancel)
     p = sub.add_parser("list", help="the available studies")
     p.set_defaults(func=_list)

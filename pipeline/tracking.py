@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,24 @@ class Tracker:
         for i in range(0, len(flat), 100):
             self.client.log_batch(run.info.run_id, params=flat[i : i + 100])
         return RunHandle(self.client, run.info.run_id)
+
+    def end_cancelled(self, study: str, labels: Iterable[str]) -> list[str]:
+        """Mark KILLED the RUNNING runs of ``study`` named ``labels``, whose jobs were just
+        cancelled: a process killed by the scheduler cannot end its run itself, and a RUNNING
+        run would count as live (and be skipped) until its heartbeat went stale. Returns the
+        names of the runs marked."""
+        wanted = set(labels)
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.study = '{study}' and attributes.status = 'RUNNING'",
+        )
+        marked = []
+        for run in runs:
+            if run.info.run_name in wanted:
+                self.client.set_tag(run.info.run_id, "failure_reason", "cancelled")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                marked.append(run.info.run_name)
+        return sorted(marked)
 
     def retire(self, config_hash: str) -> None:
         """Move a run out of the way for ``--force``: MLflow's soft delete (``mlflow runs

@@ -190,9 +190,21 @@ def _sleep(seconds: int) -> int:
     return seconds
 
 
-def test_cancel_stops_a_dispatched_study_and_says_what_it_stopped(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+def test_cancel_stops_a_dispatched_study_and_ends_its_runs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("psalm")
+    runs = {  # as a killed job leaves them: RUNNING (and a run of another study, and a done one)
+        (study, name): client.create_run(
+            experiment, run_name=name, tags={"study": study}
+        ).info.run_id
+        for study, name in [("sleepy-default", "a/seed0"), ("other-default", "a/seed0"),
+                            ("sleepy-default", "c/seed0")]
+    }  # fmt: skip
+    client.set_terminated(runs["sleepy-default", "c/seed0"], "FINISHED")
     # A study's jobs are dispatched like any batch: two long jobs on one local slot.
     folder = study_folder("sleepy-default", tmp_path)
     launcher = LauncherConfig(kind="local", slots=1)
@@ -209,6 +221,13 @@ def test_cancel_stops_a_dispatched_study_and_says_what_it_stopped(
     statuses = wait_for(folder, progress=False, poll_s=0.2, timeout_s=30)
     assert [s.state for s in statuses] == ["cancelled", "cancelled"]
     assert not Path(f"/proc/{running.job_id}").exists()  # the running job's controller is gone
+    assert "marked KILLED a/seed0" in out, out
+    ended = {key: client.get_run(run_id).info.status for key, run_id in runs.items()}
+    assert ended == {
+        ("sleepy-default", "a/seed0"): "KILLED",  # resumable at once by `run`
+        ("other-default", "a/seed0"): "RUNNING",
+        ("sleepy-default", "c/seed0"): "FINISHED",
+    }
 
     assert main(["cancel", "sleepy-default", "--output-dir", str(tmp_path)]) == 0
     assert "nothing to cancel" in capsys.readouterr().out
