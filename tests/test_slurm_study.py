@@ -22,6 +22,16 @@ from pipeline.mlflow_server import tracking_server
 STEPS = 30
 
 
+def smoke_study(runs: Path, steps: int) -> list[str]:
+    """The command of a one-seed PSALM pyramid study on SLURM, checkpointing every 5 steps."""
+    return [
+        sys.executable, "-m", "ablations", "run", "pyramid", "profile=smoke",
+        "launcher=slurm", "launcher.time_min=10", "launcher.mem_gb=2",
+        "seeds=[0]", "models=[psalm]", f"output_dir={runs}",
+        f"train.steps={steps}", "train.checkpoint_every=5", "data.n_test=6",
+    ]  # fmt: skip
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(420)
@@ -32,12 +42,7 @@ def test_slurm_study_survives_a_preemption_with_one_run_per_cell(
     runs = tmp_path / "runs"
     with tracking_server(backend_store_uri=store) as server:
         env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
-        cmd = [
-            sys.executable, "-m", "ablations", "run", "pyramid", "profile=smoke",
-            "launcher=slurm", "launcher.time_min=10", "launcher.mem_gb=2",
-            "seeds=[0]", "models=[psalm]", f"output_dir={runs}",
-            f"train.steps={STEPS}", "train.checkpoint_every=5", "data.n_test=6", "--no-wait",
-        ]  # fmt: skip
+        cmd = [*smoke_study(runs, STEPS), "--no-wait"]
         submitted = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert submitted.returncode == 0, submitted.stderr[-3000:]
         folder = runs / "studies" / "pyramid-smoke"
@@ -91,12 +96,7 @@ def test_a_cancelled_slurm_study_ends_its_runs_and_resumes_when_run_again(
     steps = 60
     with tracking_server(backend_store_uri=store) as server:
         env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
-        cmd = [
-            sys.executable, "-m", "ablations", "run", "pyramid", "profile=smoke",
-            "launcher=slurm", "launcher.time_min=10", "launcher.mem_gb=2",
-            "seeds=[0]", "models=[psalm]", f"output_dir={runs}",
-            f"train.steps={steps}", "train.checkpoint_every=5", "data.n_test=6",
-        ]  # fmt: skip
+        cmd = smoke_study(runs, steps)
         submitted = subprocess.run([*cmd, "--no-wait"], cwd=tmp_path, env=env, text=True,
                                    capture_output=True)  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr[-3000:]
