@@ -229,6 +229,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     episodes = data.get("episodes_per_canvas", 1)
     if data.get("name") == "synthetic" and (not isinstance(episodes, int) or episodes < 1):
         problems.append(f"data.episodes_per_canvas must be a positive integer, got {episodes!r}")
+    clutter = data.get("clutter_prob", 0.0)
+    if data.get("name") == "synthetic" and (
+        not isinstance(clutter, int | float) or not 0 <= clutter <= 1
+    ):
+        problems.append(f"data.clutter_prob must be a probability in [0, 1], got {clutter!r}")
     if data.get("name") not in ("synthetic", "coco"):
         problems.append(f"data.name={data.get('name')!r} is not one of synthetic, coco")
     if data.get("name") == "coco":

@@ -46,6 +46,8 @@ def build_data(data_cfg: dict[str, Any]) -> FewShotData:
             n_val=data_cfg["n_val"],
             n_test=data_cfg["n_test"],
             episodes_per_canvas=data_cfg.get("episodes_per_canvas", 1),
+            # configs saved before the key existed were drawn with clutter on 80 % of canvases
+            clutter_prob=data_cfg.get("clutter_prob", 0.8),
         )
     from psalm.data import CocoFewShot
 

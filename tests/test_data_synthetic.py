@@ -167,6 +167,18 @@ def test_eval_split_structure(data: SyntheticGlyphs) -> None:
     assert not torch.equal(data.eval_split("val").images[:4], split.images[:4])
 
 
+def test_clutter_changes_the_pixels_not_the_layout(glyph_cache: Path) -> None:
+    """``clutter_prob`` is a difficulty knob only: the same canvases, boxes and queries (so the
+    same support-blind ceiling), with strokes and symbol fragments drawn on some of them."""
+    plain = SyntheticGlyphs(cache_dir=glyph_cache, n_val=0, n_test=24, clutter_prob=0.0)
+    cluttered = SyntheticGlyphs(cache_dir=glyph_cache, n_val=0, n_test=24, clutter_prob=1.0)
+    a, b = plain.eval_split("test"), cluttered.eval_split("test")
+    assert a.coco_gt["annotations"] == b.coco_gt["annotations"] and a.queries == b.queries
+    changed = ((a.images - b.images).abs().flatten(1) > 1e-3).float().mean(dim=1)
+    assert bool((changed > 0.01).all()), f"every canvas gets clutter at 1: {changed.tolist()}"
+    assert plain.describe()["clutter_prob"] == 0.0
+
+
 def test_support_blind_ceiling_of_the_default_test_split_is_low(data: SyntheticGlyphs) -> None:
     split = data.eval_split("test")
     assert 0.05 < support_blind_ceiling(split, seed=0) <= 0.2
@@ -230,6 +242,7 @@ def test_classes_need_font_coverage(glyph_cache: Path) -> None:
         ({"support_size": 48}, "multiple of 32"),
         ({"glyph_sizes": (8, 200)}, "glyph_sizes"),
         ({"classes_per_image": (0, 2)}, "classes_per_image"),
+        ({"clutter_prob": -0.1}, "clutter_prob"),
     ],
 )
 def test_bad_arguments_are_rejected(glyph_cache: Path, kwargs: dict, message: str) -> None:

@@ -30,7 +30,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import ConfigError, RunSpec, flatten, make_spec
-from pipeline.run import check_spec, evaluate_run, run, run_dir
+from pipeline.run import build_data, check_spec, evaluate_run, run, run_dir
 from pipeline.tracking import Tracker
 from psalm.data import SyntheticGlyphs
 from psalm.training import CHECKPOINT_NAME, DivergedError
@@ -420,6 +420,7 @@ def test_the_config_hash_follows_the_coco_annotations(
         (["data.image_size=100"], "data.image_size"),
         (["train.steps=0"], "train.steps"),
         (["data.episodes_per_canvas=0"], "data.episodes_per_canvas"),
+        (["data.clutter_prob=1.5"], "data.clutter_prob"),
         (["model.head_similarity=cosine"], "model.head_similarity"),
         (["model.support_in_head=false"], "model.similarity_gate"),
         (["model.template_cells=[7,4,5,1]"], "model.template_cells"),
@@ -430,3 +431,10 @@ def test_the_config_hash_follows_the_coco_annotations(
 def test_invalid_configs_are_refused_naming_the_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         make_spec([*overrides, *SMOKE])
+
+
+def test_a_config_saved_before_clutter_prob_existed_rebuilds_its_cluttered_benchmark() -> None:
+    """Old runs re-evaluate on the canvases they were trained on (clutter on 80 % of them)."""
+    data_cfg = dict(make_spec(SMOKE).config["data"])
+    assert data_cfg.pop("clutter_prob") == 0.0
+    assert build_data(data_cfg).describe()["clutter_prob"] == 0.8
