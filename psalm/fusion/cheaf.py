@@ -270,6 +270,24 @@ class CHEAFFusionModule(nn.Module):
         self.last_residuals = trace.seen
         return restore_format(outputs, query_features)
 
+    def query_only(
+        self, query_features: Sequence[Tensor] | Mapping[str, Tensor]
+    ) -> list[Tensor] | dict[str, Tensor]:
+        """The query-only path, the analogue of the report's authors' bypass for
+        ``support_features=None``: per level, stage 3 alone on the raw query
+        (``output_projectors[i](x) + residual_projectors[i](x)``). The per-scale fusion (attention
+        and short-long branches) and the pyramid refinement are skipped; the support cannot
+        reach the output."""
+        query = as_level_list(query_features, "query_features")
+        check_query(query, self.query_channels)
+        outputs = [
+            project(x) + residual(x)
+            for project, residual, x in zip(
+                self.output_projectors, self.residual_projectors, query, strict=True
+            )
+        ]
+        return restore_format(outputs, query_features)
+
     def param_breakdown(self) -> dict[str, int]:
         """Parameters per component of the report's CHEAF table; the values sum to the total."""
         return {

@@ -181,6 +181,23 @@ class PSALMFusion(nn.Module):
         self.last_residuals = trace.seen
         return restore_format(outputs, query_features)
 
+    def query_only(
+        self, query_features: Sequence[Tensor] | Mapping[str, Tensor]
+    ) -> list[Tensor] | dict[str, Tensor]:
+        """The query-only path, the report's authors' meaning of ``support_features=None``
+        ("bypass"): per level, refinement of the raw query plus R2's projection of it
+        (``refinement_projectors[i](x) + residual_projectors[i](x)``). Pyramid enrichment and
+        the modulated attention are skipped; the support cannot reach the output."""
+        query = as_level_list(query_features, "query_features")
+        check_query(query, self.query_channels)
+        outputs = [
+            refine(x) + project(x)
+            for refine, project, x in zip(
+                self.refinement_projectors, self.residual_projectors, query, strict=True
+            )
+        ]
+        return restore_format(outputs, query_features)
+
     def param_breakdown(self) -> dict[str, int]:
         """Parameters per component of the report's PSALM table; the values sum to the total."""
         return {
