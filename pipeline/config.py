@@ -104,9 +104,11 @@ def spec_from_config(
     if kind not in ("train", "eval"):
         raise ConfigError(f"kind={kind!r} must be train or eval")
     if kind == "eval":
+        from psalm.training import EVAL_MODES
+
         mode = kwargs.get("eval_mode")
-        if mode not in ("normal", "none", "shuffled"):
-            raise ConfigError(f"eval_mode={mode!r} must be one of normal, none, shuffled")
+        if mode not in EVAL_MODES:
+            raise ConfigError(f"eval_mode={mode!r} must be one of {', '.join(EVAL_MODES)}")
         if not kwargs.get("eval_of"):
             raise ConfigError("an eval spec needs eval_of, the config hash of the trained run")
     identity = {
@@ -162,8 +164,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 
     Cheap checks only (no data is loaded); ``pipeline.run.check_spec`` adds the data checks.
     """
-    from psalm.detector import HEAD_SIMILARITIES, template_map_cells
+    from psalm.detector import HEAD_SIMILARITIES, MATCH_ON, template_map_cells
     from psalm.registry import ABLATION_FLAGS, FUSION_MODULES
+    from psalm.training import EVAL_MODES
 
     problems: list[str] = []
     model = cfg.get("model", {})
@@ -198,6 +201,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         problems.append(
             f"model.head_similarity={model.get('head_similarity')!r} is not one of "
             f"{', '.join(HEAD_SIMILARITIES)}"
+        )
+    if model.get("match_on", "backbone") not in MATCH_ON:
+        problems.append(
+            f"model.match_on={model.get('match_on')!r} is not one of {', '.join(MATCH_ON)}"
         )
     if model.get("similarity_gate") and not model.get("support_in_head"):
         problems.append("model.similarity_gate=true needs model.support_in_head=true")
@@ -241,8 +248,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             if data.get(key) in (None, "???"):
                 problems.append(f"data.{key} is required for data=coco (set data.{key}=…)")
     modes = cfg.get("eval", {}).get("modes", [])
-    bad = [m for m in modes if m not in ("normal", "none", "shuffled")]
+    bad = [m for m in modes if m not in EVAL_MODES]
     if bad:
-        problems.append(f"eval.modes has unknown mode(s) {bad}; use normal, none, shuffled")
+        problems.append(f"eval.modes has unknown mode(s) {bad}; use {', '.join(EVAL_MODES)}")
     if problems:
         raise ConfigError("invalid run config:\n  - " + "\n  - ".join(problems))

@@ -28,6 +28,7 @@ from pipeline.config import REPO_ROOT, RunSpec
 from pipeline.tracking import Tracker
 from psalm.data import FewShotData, SyntheticGlyphs
 from psalm.detector import FewShotDetector
+from psalm.diagnostics import load_bearing
 from psalm.evaluation import write_per_class_table
 from psalm.registry import ABLATION_FLAGS, build_fusion
 from psalm.training import CHECKPOINT_NAME, DivergedError, TrainSettings, evaluate, fit
@@ -91,6 +92,8 @@ def build_detector(model_cfg: dict[str, Any], seed: int) -> FewShotDetector:
         # configs saved before these keys existed ran with the earlier template scale
         template_sides=model_cfg.get("template_sides", (24, 48, 64, 64)),
         template_cells=model_cfg.get("template_cells", (5, 5, 3, 1)),
+        # configs saved before the key existed matched the support on the backbone's maps
+        match_on=model_cfg.get("match_on", "backbone"),
     )
 
 
@@ -240,8 +243,21 @@ def _train(
         print(f"[{spec.label}] stopped at step {summary['stopped_at']} (pruned)", flush=True)
         return {**last_val, "pruned_at": summary["stopped_at"]}
     metrics = _test(spec, handle, model, data, folder)
+    metrics.update(_diagnose(spec, handle, model, data))
     handle.log_artifact(folder / CHECKPOINT_NAME, "checkpoint")
     return {**last_val, **metrics}
+
+
+def _diagnose(spec: RunSpec, handle, model, data) -> dict[str, float]:
+    """Load-bearing figures of the trained model (``psalm.diagnostics``), logged as ``diag/*``."""
+    cfg = spec.config
+    t0 = time.perf_counter()
+    figures = load_bearing(model, data, cfg["eval"]["split"], cfg["train"]["shots"], cfg["seed"])
+    values = {f"diag/{k}": v for k, v in figures.items()}
+    values["diag/seconds"] = time.perf_counter() - t0
+    handle.log_metrics(values, cfg["train"]["steps"])
+    print(f"[{spec.label}] load-bearing: " + _fmt(values), flush=True)
+    return values
 
 
 def _test(spec: RunSpec, handle, model, data, folder: Path) -> dict[str, float]:

@@ -19,10 +19,18 @@ How the support reaches the prediction:
 
 - Through the fusion module (CHEAF or PSALM), always.
 - With ``support_in_head``, also through a similarity map between the query's and the support's
-  embeddings (a 1×1 projection of the backbone's maps per level), which the head sees as one
-  more input channel: a cosine with one pooled support vector (``head_similarity="prototype"``,
-  as in the report's source project), or a normalised cross-correlation with the support's
-  embedded map, the support resized per level to that level's object size (``"template"``).
+  embeddings, which the head sees as one more input channel: a cosine with one pooled support
+  vector (``head_similarity="prototype"``, as in the report's source project), or a normalised
+  cross-correlation with the support's embedded map, the support resized per level to that
+  level's object size (``"template"``).
+- ``match_on`` says which maps are embedded for that match. ``"fused"`` (the default): a 1×1
+  projection of the fusion module's output per level, so the match, and with it the answer,
+  depends on the fusion (its pyramid, its convolutions, its support path). With the template
+  similarity the support crop goes through the same backbone and fusion (fused with its own
+  episode's support) and the same projection: both sides of the correlation are the same
+  function, as in a Siamese matcher. ``"backbone"``: a 1×1 projection of the backbone's maps,
+  the detector before fusion-path matching existed; the fusion then only feeds the head's
+  class-agnostic input, and the studies' ablations cannot move the match.
 - With ``similarity_gate``, the heatmap is P(glyph) × P(match): the head's probability times
   the similarity map read as a probability (``similarity_logit``), which ``similarity_weight``
   (in ``loss``) trains with the heatmap's focal loss. The project's configs use the template
@@ -34,9 +42,14 @@ How the support reaches the prediction:
 An optional matching loss (``match_weight``) trains the embeddings contrastively: each target's
 query embedding must be nearer its own episode's pooled support embedding than the others'.
 
-``support_mode="none"`` passes ``support_features=None`` to the fusion module only (the report's
-test 3): the head's similarity map still sees the support. Evaluation's ``shuffled`` mode, a
-control, gives every query another class's supports, which changes both paths.
+Support modes (the report's test 3, in its two meanings):
+- ``"none"`` passes ``support_features=None`` to the fusion module: neutral modulation, every
+  stage still runs, only the support's signal is removed;
+- ``"bypass"`` replaces the fusion by its query-only path (``fusion.query_only``), as the report's
+  authors implement ``support_features=None``: pyramid and attention are skipped.
+Both apply to every fusion call, the template's included. With ``match_on="backbone"`` the head's
+similarity map still sees the support through the backbone. Evaluation's ``shuffled`` mode, a
+control, gives every query another class's supports, which changes every path.
 """
 
 from __future__ import annotations
@@ -51,7 +64,8 @@ from torch import Tensor, nn
 
 from psalm.boxes import nms
 
-SUPPORT_MODES = ("normal", "none")
+SUPPORT_MODES = ("normal", "none", "bypass")
+MATCH_ON = ("fused", "backbone")
 HEAD_SIMILARITIES = ("prototype", "template")
 STRIDES = (4, 8, 16, 32)  # of the levels P2..P5
 
@@ -156,8 +170,12 @@ class FewShotDetector(nn.Module):
         template_sides: Sequence[int] = (28, 48, 80, 80),
         template_cells: Sequence[int] = (7, 5, 5, 1),
         similarity_gate: bool = False,
+        match_on: str = "fused",
     ) -> None:
         super().__init__()
+        if match_on not in MATCH_ON:
+            raise ValueError(f"match_on must be one of {MATCH_ON}, got {match_on!r}")
+        self.match_on = match_on
         self.backbone = Backbone(backbone_channels, standardize=standardize_inputs)
         self.fusion = fusion
         self.strides = STRIDES
@@ -213,12 +231,15 @@ class FewShotDetector(nn.Module):
         self.head_inputs = nn.ModuleList(
             nn.Conv2d(c + extra, head_channels, 1) for c in fused_channels
         )
-        # Siamese embeddings of the backbone's query maps and support prototypes, per level:
-        # trained by the matching loss, and the head's similarity map if support_in_head.
-        # The support's embedding is one vector from all its levels pooled (a glyph's size in a
-        # support crop is fixed while query objects span the levels, so per-level support
-        # prototypes would compare different scales); the query's is per level and position.
-        self.embed_query = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in backbone_channels)
+        # Siamese embeddings of the query maps (the fusion's output or the backbone's, per
+        # ``match_on``) and support prototypes, per level: trained by the matching loss, and the
+        # head's similarity map if support_in_head. The support's embedding is one vector from
+        # all its levels pooled (a glyph's size in a support crop is fixed while query objects
+        # span the levels, so per-level support prototypes would compare different scales); the
+        # query's is per level and position. Only the embedding ``match_on`` uses is built, so
+        # that "backbone" initialises exactly as the detector did before "fused" existed.
+        matched_channels = fused_channels if match_on == "fused" else backbone_channels
+        self.embed_query = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in matched_channels)
         self.embed_support = nn.Linear(sum(backbone_channels), embed_dim)
         # The similarity loss reads the similarity map as heatmap logits (scale, bias): it
         # trains the embeddings to peak on the support's class and not on the canvas's other
@@ -239,31 +260,50 @@ class FewShotDetector(nn.Module):
         support_mode: str = "normal",
         query_index: Tensor | None = None,
     ) -> Prediction:
-        """images (N, 3, H, W); supports (B, K, 3, S, S); support_mode ``normal`` | ``none``;
-        ``query_index`` (B,): which image each episode queries (default: image b for episode b),
-        so that several episodes on one canvas run the query backbone once."""
+        """images (N, 3, H, W); supports (B, K, 3, S, S); ``support_mode`` one of
+        ``SUPPORT_MODES``; ``query_index`` (B,): which image each episode queries (default: image
+        b for episode b), so that several episodes on one canvas run the query backbone once."""
         query = self.backbone(images)
         if query_index is not None:
             query = [f[query_index] for f in query]
-        return self.predict(query, self.support_features(supports), support_mode)
+        return self.predict(query, self.support_features(supports, support_mode), support_mode)
 
-    def support_features(self, supports: Tensor) -> list[Tensor]:
+    def fuse(self, query: list[Tensor], support: list[Tensor], support_mode: str) -> list[Tensor]:
+        """The fusion module on query maps, in a support mode (see the module docstring)."""
+        if support_mode not in SUPPORT_MODES:
+            raise ValueError(f"support_mode must be one of {SUPPORT_MODES}, got {support_mode!r}")
+        if support_mode == "bypass":
+            return self.fusion.query_only(query)
+        return self.fusion(query, None if support_mode == "none" else support)
+
+    def support_features(self, supports: Tensor, support_mode: str = "normal") -> list[Tensor]:
         """Features of K-shot supports (B, K, 3, S, S): per level the backbone's maps
         (B, K, C, h, w). With the template similarity, four more entries follow: per level the
-        embedded template (B, K, D, t, t) that ``predict`` correlates with the query."""
+        embedded template (B, K, D, t, t) that ``predict`` correlates with the query. With
+        ``match_on="fused"`` each crop's maps are fused (in ``support_mode``) with its episode's
+        K-shot support before the embedding, as the query's are."""
         b, k = supports.shape[:2]
         flat = supports.flatten(0, 1)
         maps = self.backbone(flat)
         out = [f.reshape(b, k, *f.shape[1:]) for f in maps]
         if self.support_in_head and self.head_similarity == "template":
+            # each crop is fused with its own episode's support: (B·K, C) prototypes per level
+            own = [f.mean(dim=(1, 3, 4)).repeat_interleave(k, dim=0) for f in out]
             resized: dict[int, list[Tensor]] = {flat.shape[-1]: maps}
+            matched: dict[int, list[Tensor]] = {}
             for level, (side, cells) in enumerate(
                 zip(self.template_sides, self.template_cells, strict=True)
             ):
                 if side not in resized:
                     x = F.interpolate(flat, size=(side, side), mode="bilinear", antialias=True)
                     resized[side] = self.backbone(x)
-                t = F.adaptive_avg_pool2d(self.embed_query[level](resized[side][level]), cells)
+                if side not in matched:
+                    matched[side] = (
+                        self.fuse(resized[side], own, support_mode)
+                        if self.match_on == "fused"
+                        else resized[side]
+                    )
+                t = F.adaptive_avg_pool2d(self.embed_query[level](matched[side][level]), cells)
                 out.append(t.reshape(b, k, *t.shape[1:]))
         return out
 
@@ -271,12 +311,12 @@ class FewShotDetector(nn.Module):
         self, query: list[Tensor], support: list[Tensor], support_mode: str = "normal"
     ) -> Prediction:
         """Fusion and head on backbone maps (``forward`` without the backbone): evaluation
-        computes each image's and each class's maps once and reuses them for every query."""
-        if support_mode not in SUPPORT_MODES:
-            raise ValueError(f"support_mode must be one of {SUPPORT_MODES}, got {support_mode!r}")
+        computes each image's and each class's maps once and reuses them for every query.
+        ``support`` is what ``support_features`` returned, computed in the same mode."""
         support, templates = support[: len(query)], support[len(query) :]
-        fused = self.fusion(query, None if support_mode == "none" else support)
-        embedded = [e(q) for e, q in zip(self.embed_query, query, strict=True)]
+        fused = self.fuse(query, support, support_mode)
+        matched = fused if self.match_on == "fused" else query
+        embedded = [e(q) for e, q in zip(self.embed_query, matched, strict=True)]
         q_emb = [F.normalize(e, dim=1) for e in embedded]
         pooled = torch.cat([s.mean(dim=(1, 3, 4)) for s in support], dim=1)  # (B, ΣC)
         s_emb = [F.normalize(self.embed_support(pooled), dim=1)] * len(query)

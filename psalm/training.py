@@ -7,9 +7,12 @@ is restarted reaches the same final weights as an uninterrupted one. Metrics go 
 ``on_metrics`` callback (the pipeline records them in MLflow); nothing here knows about MLflow.
 
 ``evaluate`` runs the detector over an evaluation split's queries (image, class) with the fixed
-K-shot supports of each class, in one of three support modes:
+K-shot supports of each class, in one of four support modes:
 - ``normal``: the class's own supports;
-- ``none``: ``support_features=None`` in the fusion module (the report's test 3);
+- ``none``: ``support_features=None`` in the fusion module, as neutral modulation (the report's
+  test 3, this project's meaning);
+- ``bypass``: the fusion module's query-only path (the report's test 3 as its authors implement
+  it: pyramid and attention skipped);
 - ``shuffled``: the supports of another class of the same split (novel for novel, base for base),
   a control that removes the support's information everywhere, head included.
 """
@@ -29,7 +32,7 @@ from psalm.data import FewShotData
 from psalm.detector import FewShotDetector
 from psalm.evaluation import Detection, FewShotMetrics, evaluate_fewshot
 
-EVAL_MODES = ("normal", "none", "shuffled")
+EVAL_MODES = ("normal", "none", "bypass", "shuffled")
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -191,7 +194,7 @@ def fit(
     }
 
 
-def _shuffled_class(class_id: int, pool: list[int], seed: int) -> int:
+def shuffled_class(class_id: int, pool: list[int], seed: int) -> int:
     """A different class of the same pool, fixed per (class, seed)."""
     others = [c for c in pool if c != class_id]
     g = torch.Generator().manual_seed(seed * 1_000_003 + class_id)
@@ -216,14 +219,16 @@ def evaluate(
     ev = data.eval_split(split)
     device = next(model.parameters()).device
     support_cache: dict[int, list[torch.Tensor]] = {}  # class → backbone maps of its K shots
+    support_mode = mode if mode in ("none", "bypass") else "normal"
 
     def support_maps(class_id: int) -> list[torch.Tensor]:
         if mode == "shuffled":
             pool = data.novel_ids if class_id in data.novel_ids else data.base_ids
-            class_id = _shuffled_class(class_id, pool, seed)
+            class_id = shuffled_class(class_id, pool, seed)
         if class_id not in support_cache:
             shots_k = data.supports(class_id, shots, seed)[None].to(device)  # (1, K, 3, S, S)
-            support_cache[class_id] = [f[0] for f in model.support_features(shots_k)]
+            features = model.support_features(shots_k, support_mode)
+            support_cache[class_id] = [f[0] for f in features]
         return support_cache[class_id]
 
     # The backbone runs once per image and once per class; only fusion and head run per query.
@@ -232,7 +237,6 @@ def evaluate(
         by_image.setdefault(i, []).append(c)
     detections = []
     size = tuple(ev.images.shape[-2:])
-    support_mode = "none" if mode == "none" else "normal"
     images_per_step = max(1, batch_size // max(1, round(len(ev.queries) / max(1, len(by_image)))))
     order = list(by_image)
     for start in range(0, len(order), images_per_step):

@@ -83,13 +83,15 @@ def check_query(query: list[Tensor], channels: Sequence[int]) -> None:
                 f"p2's {query[0].shape[0]}"
             )
         if i > 0:
+            # what a stride-2 conv (kernel 3, padding 1) gives: half, rounded up; for inputs
+            # whose sides are multiples of 32 that is exactly half at every level
             prev = query[i - 1].shape[-2:]
-            want = (prev[0] // 2, prev[1] // 2)
-            if prev[0] % 2 or prev[1] % 2 or tuple(x.shape[-2:]) != want:
+            want = ((prev[0] + 1) // 2, (prev[1] + 1) // 2)
+            if tuple(x.shape[-2:]) != want:
                 raise ValueError(
                     f"query level {level}: expected spatial size {want} (half of "
-                    f"{LEVEL_NAMES[i - 1]}'s {tuple(prev)}), got {tuple(x.shape[-2:])}; "
-                    "the input image sides must be multiples of 32"
+                    f"{LEVEL_NAMES[i - 1]}'s {tuple(prev)}, rounded up), got "
+                    f"{tuple(x.shape[-2:])}; each level must be a stride-2 step of the one before"
                 )
 
 
