@@ -165,6 +165,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     Cheap checks only (no data is loaded); ``pipeline.run.check_spec`` adds the data checks.
     """
     from psalm.detector import HEAD_SIMILARITIES, MATCH_ON, template_map_cells
+    from psalm.fusion.psalm_fusion import SUPPORT_MODULATIONS
     from psalm.registry import ABLATION_FLAGS, FUSION_MODULES
     from psalm.training import EVAL_MODES
 
@@ -202,6 +203,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             f"model.head_similarity={model.get('head_similarity')!r} is not one of "
             f"{', '.join(HEAD_SIMILARITIES)}"
         )
+    modulation = model.get("support_modulation", "sigmoid")
+    if name == "psalm" and modulation not in SUPPORT_MODULATIONS:
+        problems.append(
+            f"model.support_modulation={modulation!r} is not one of "
+            f"{', '.join(SUPPORT_MODULATIONS)}"
+        )
+    if name == "cheaf" and "support_modulation" in model:
+        problems.append("model.support_modulation is a PSALM setting; CHEAF has no modulation")
     if model.get("match_on", "backbone") not in MATCH_ON:
         problems.append(
             f"model.match_on={model.get('match_on')!r} is not one of {', '.join(MATCH_ON)}"

@@ -72,6 +72,8 @@ def build_detector(model_cfg: dict[str, Any], seed: int) -> FewShotDetector:
     """The detector a config names, initialised from ``seed``."""
     torch.manual_seed(seed)
     name = model_cfg["name"]
+    # PSALM's support modulation (configs saved before the key existed used "sigmoid")
+    extra = {"support_modulation": model_cfg.get("support_modulation", "sigmoid")}
     fusion = build_fusion(
         name,
         query_channels=model_cfg["query_channels"],
@@ -79,6 +81,7 @@ def build_detector(model_cfg: dict[str, Any], seed: int) -> FewShotDetector:
         out_channels=model_cfg["out_channels"],
         num_heads=model_cfg["num_heads"],
         **{flag: model_cfg[flag] for flag in ABLATION_FLAGS[name]},
+        **(extra if name == "psalm" else {}),
     )
     return FewShotDetector(
         fusion,

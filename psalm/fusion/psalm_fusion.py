@@ -14,6 +14,10 @@ Built to the report's drawing (``PSALM_Final_Report.md``, "PSALM (Unified Hierar
 Support modulation and ``support_features=None``: the weights are ``2·σ(logits)``, so a support
 whose logits are 0 leaves the context unchanged. ``None`` sets exactly that — neutral modulation:
 the attention, refinement and both residuals still run, only the support signal is removed.
+``support_modulation="layernorm"`` computes the logits as ``LayerNorm(W·support)``, as the
+report's authors' code does (there ``σ(LN(Linear(s)))``; here ×2, so that the weights average
+about 1 like the neutral ones): the weights then contrast the channels whatever the support
+vector's scale, from the first step on.
 """
 
 from __future__ import annotations
@@ -97,11 +101,19 @@ class ShortLongConv(nn.Module):
         return self.short(x) + self.long_v(self.long_h(x))
 
 
+SUPPORT_MODULATIONS = ("sigmoid", "layernorm")
+
+
 class ModulatedAttention(nn.Module):
     """One scale of PSALM's stage 2: conv-made Q/K, efficient attention, support modulation."""
 
     def __init__(
-        self, channels: int, support_channels: int, num_heads: int, use_conv_preprocessing: bool
+        self,
+        channels: int,
+        support_channels: int,
+        num_heads: int,
+        use_conv_preprocessing: bool,
+        support_modulation: str = "sigmoid",
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -111,6 +123,7 @@ class ModulatedAttention(nn.Module):
         self.k_conv = ShortLongConv(channels) if use_conv_preprocessing else None
         self.value = nn.Conv2d(channels, channels, 1)
         self.modulation = nn.Linear(support_channels, channels)
+        self.modulation_norm = nn.LayerNorm(channels) if support_modulation == "layernorm" else None
         self.out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor, support: Tensor | None) -> Tensor:
@@ -118,7 +131,12 @@ class ModulatedAttention(nn.Module):
         q = self.q_conv(x) if self.q_conv is not None else x
         k = self.k_conv(x) if self.k_conv is not None else x
         v = self.value(x)
-        weights = None if support is None else 2 * torch.sigmoid(self.modulation(support))  # (B, C)
+        weights = None  # (B, C) or None: neutral
+        if support is not None:
+            logits = self.modulation(support)
+            if self.modulation_norm is not None:
+                logits = self.modulation_norm(logits)
+            weights = 2 * torch.sigmoid(logits)
         attended = efficient_attention(
             to_tokens(q), to_tokens(k), to_tokens(v), self.num_heads, value_weights=weights
         )
@@ -141,9 +159,16 @@ class PSALMFusion(nn.Module):
         num_heads: int = 4,
         use_pyramid: bool = True,
         use_conv_preprocessing: bool = True,
+        support_modulation: str = "sigmoid",
     ) -> None:
         super().__init__()
         check_channel_config(query_channels, support_channels, out_channels, num_heads)
+        if support_modulation not in SUPPORT_MODULATIONS:
+            raise ValueError(
+                f"support_modulation must be one of {SUPPORT_MODULATIONS}, "
+                f"got {support_modulation!r}"
+            )
+        self.support_modulation = support_modulation
         self.query_channels = list(query_channels)
         self.support_channels = list(support_channels)
         self.out_channels = list(out_channels)
@@ -151,7 +176,7 @@ class PSALMFusion(nn.Module):
         self.use_conv_preprocessing = use_conv_preprocessing
         self.pyramid = PyramidEnrichment(query_channels) if use_pyramid else None
         self.attentions = nn.ModuleList(
-            ModulatedAttention(c, s, num_heads, use_conv_preprocessing)
+            ModulatedAttention(c, s, num_heads, use_conv_preprocessing, support_modulation)
             for c, s in zip(query_channels, support_channels, strict=True)
         )
         self.refinement_projectors = nn.ModuleList(
