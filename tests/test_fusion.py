@@ -630,3 +630,29 @@ def test_psalm_channel_ladder_error_names_the_levels():
     """PSALM's depthwise bottom-up path needs C_i to be a multiple of C_{i-1}; say where not."""
     with pytest.raises(ValueError, match=r"p2.*p3|p3.*p2"):
         build("psalm", channels=[32, 48, 96, 192])
+
+
+def test_psalm_layernorm_modulation_keeps_the_support_contract() -> None:
+    """The authors' form of the modulation (``support_modulation="layernorm"``): the support
+    moves every level, None is still the neutral modulation (unit weights), and the default
+    form's initial weights are unchanged by the option's existence."""
+    torch.manual_seed(0)
+    default = PSALMFusion()
+    torch.manual_seed(0)
+    layernorm = PSALMFusion(support_modulation="layernorm").eval()
+    shared = {k: v for k, v in layernorm.state_dict().items() if "modulation_norm" not in k}
+    assert shared.keys() == default.state_dict().keys()
+    assert all(torch.equal(v, default.state_dict()[k]) for k, v in shared.items())
+    query, support = make_query(), make_support("prototype")
+    with torch.no_grad():
+        a = run(layernorm, query, support)
+        b = run(layernorm, query, [s.roll(1, dims=0) for s in support])
+        none = run(layernorm, query, None)
+        for attention in layernorm.attentions:  # a modulation that gives unit weights
+            attention.modulation_norm.weight.zero_()
+            attention.modulation_norm.bias.zero_()
+        unit = run(layernorm, query, support)
+    assert_all_levels_differ(a, b, "another support")
+    assert_levels_close(none, unit, "None vs unit weights")
+    with pytest.raises(ValueError, match="support_modulation"):
+        PSALMFusion(support_modulation="softmax")

@@ -33,6 +33,7 @@ from pipeline.config import ConfigError, RunSpec, flatten, make_spec
 from pipeline.run import build_data, check_spec, evaluate_run, run, run_dir
 from pipeline.tracking import Tracker
 from psalm.data import SyntheticGlyphs
+from psalm.registry import ABLATION_FLAGS
 from psalm.training import CHECKPOINT_NAME, DivergedError
 
 try:
@@ -193,6 +194,11 @@ def test_smoke_run_records_the_contracted_mlflow_run(
     for key in TEST_METRICS:
         assert key in r.data.metrics, f"{key} not logged"
         assert 0.0 <= r.data.metrics[key] <= 1.0
+    # the load-bearing figures of the trained model (psalm/diagnostics.py), one per part
+    flags = ABLATION_FLAGS[model]
+    for part in ("fusion_support_ratio", "score_support_ratio", "support_none_share",
+                 "support_bypass_share", *(f"{flag}_share" for flag in flags)):  # fmt: skip
+        assert r.data.metrics[f"diag/{part}"] >= 0.0, part
 
     files = store.artifacts(t.run_id)
     for path in ("config.json", "per_class_ap/per_class_ap_normal.csv", "checkpoint/checkpoint.pt"):
@@ -426,6 +432,9 @@ def test_the_config_hash_follows_the_coco_annotations(
         (["model.template_cells=[7,4,5,1]"], "model.template_cells"),
         (["model.template_sides=[28,48,80]"], "model.template_sides"),
         (["model.template_cells=[9,5,5,1]"], "model.template_cells"),
+        (["model.match_on=head"], "model.match_on"),
+        (["model=psalm", "model.support_modulation=softmax"], "model.support_modulation"),
+        (["model=cheaf", "+model.support_modulation=layernorm"], "model.support_modulation"),
     ],
 )
 def test_invalid_configs_are_refused_naming_the_key(overrides: list[str], key: str) -> None:
