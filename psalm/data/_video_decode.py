@@ -94,7 +94,8 @@ def decode(path: Path, stride: int, size: tuple[int, int]) -> DecodedVideo:
     except DataError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable video ({type(exc).__name__}: {exc})") from exc
+        detail = getattr(exc, "strerror", None) or str(exc)  # FFmpeg's errors repeat the path
+        raise DataError(f"{path}: unreadable or truncated video ({detail})") from exc
     if total == 0:
         raise DataError(f"{path}: no frame could be decoded (empty or truncated mp4)")
     if expected and total < expected:
