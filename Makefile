@@ -14,6 +14,8 @@ ARGS ?=
 PROFILE ?= default
 #? Where runs execute: local | slurm | debug
 LAUNCHER ?= local
+#? Data of the ablation targets: synthetic | video | coco (empty: conf/config.yaml's)
+DATA ?=
 #? Model a sweep tunes: psalm | cheaf (conf/sweep/<MODEL>.yaml)
 MODEL ?= psalm
 #? Optuna storage read by optuna-dashboard (a sweep's storage: setting)
@@ -96,6 +98,7 @@ evaluate: $(STAMP) ## Evaluate a trained run (COCO AP), overrides via ARGS
 
 ##@ Studies
 
+ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(DATA),data=$(DATA))
 ablation-pyramid: $(STAMP) ## Ablation study: no pyramid (main job); PROFILE, LAUNCHER
 	$(PY) -m ablations run pyramid profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
 
