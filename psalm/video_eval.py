@@ -31,8 +31,15 @@ from psalm.training import EVAL_MODES, _shuffled_class
 __all__ = ["PER_VIDEO_COLUMNS", "VideoMetrics", "evaluate_video", "write_per_video_table"]
 
 PER_VIDEO_COLUMNS = (
-    "video_id", "class_id", "st_iou", "AP50", "AP", "frames", "gt_frames", "pred_frames",
-)  # fmt: skip
+    "video_id",
+    "class_id",
+    "st_iou",
+    "AP50",
+    "AP",
+    "frames",
+    "gt_frames",
+    "pred_frames",
+)
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,13 @@ def make_data(paths: dict[str, Path], cache: Path, **kwargs) -> VideoFewShot:
     options = dict(image_size=128, eval_stride=1, val_fraction=0.25)
     options.update(kwargs)
     return VideoFewShot(
-        paths["train_root"], paths["train_ann"], paths["test_root"], paths["test_ann"],
-        cache_dir=cache, **options,
-    )  # fmt: skip
+        paths["train_root"],
+        paths["train_ann"],
+        paths["test_root"],
+        paths["test_ann"],
+        cache_dir=cache,
+        **options,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -65,8 +65,9 @@ class Video:
     boxes: dict[int, tuple[float, float, float, float]]  # frame -> xyxy, video pixels
 
 
-def load_video_annotations(ann: str | os.PathLike, root: str | os.PathLike, split: str,
-                           first_class_id: int) -> list[Video]:  # fmt: skip
+def load_video_annotations(
+    ann: str | os.PathLike, root: str | os.PathLike, split: str, first_class_id: int
+) -> list[Video]:
     """Parse and check an annotation file against its folder (see the module docstring)."""
     ann, root = Path(ann), Path(root)
     if not ann.is_file():

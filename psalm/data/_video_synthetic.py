@@ -59,9 +59,16 @@ def synthetic_video_benchmark(
 ) -> dict[str, Path]:
     """The benchmark's ``train_root, train_ann, test_root, test_ann`` (written on first use)."""
     params = dict(
-        seed=seed, n_train=n_train, n_test=n_test, frames=frames, width=width, height=height,
-        fps=fps, version=_VERSION, pyav=av.__version__,
-    )  # fmt: skip
+        seed=seed,
+        n_train=n_train,
+        n_test=n_test,
+        frames=frames,
+        width=width,
+        height=height,
+        fps=fps,
+        version=_VERSION,
+        pyav=av.__version__,
+    )
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cache_dir or default_cache_dir()) / f"video-benchmark-{key}"
     paths = {
