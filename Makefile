@@ -14,6 +14,8 @@ ARGS ?=
 PROFILE ?= default
 #? Where runs execute: local | slurm | debug
 LAUNCHER ?= local
+#? Data of the ablation targets: synthetic | video | coco (empty: conf/config.yaml's)
+DATA ?=
 #? Model a sweep tunes: psalm | cheaf (conf/sweep/<MODEL>.yaml)
 MODEL ?= psalm
 #? Optuna storage read by optuna-dashboard (a sweep's storage: setting)
@@ -96,6 +98,8 @@ evaluate: $(STAMP) ## Evaluate a trained run (COCO AP), overrides via ARGS
 
 ##@ Studies
 
+# DATA other than synthetic names the study <study>-<profile>-<DATA>, apart from the glyph study
+ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(DATA),data=$(DATA)) $(if $(filter-out synthetic,$(DATA)),label.study=$(patsubst ablation-%,%,$@)-$(PROFILE)-$(DATA))
 ablation-pyramid: $(STAMP) ## Ablation study: no pyramid (main job); PROFILE, LAUNCHER
 	$(PY) -m ablations run pyramid profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
 

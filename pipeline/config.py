@@ -137,8 +137,9 @@ def code_version() -> str:
 
 
 def data_version(data: Mapping[str, Any]) -> str:
-    """The synthetic benchmark is versioned by its config and code; COCO data by its files."""
-    if data.get("name") != "coco":
+    """The synthetic benchmarks are versioned by their config and code; COCO data and video data
+    by their annotation files."""
+    if data.get("name") not in ("coco", "video") or data.get("train_ann") is None:
         return "synthetic"
     h = hashlib.sha256()
     for key in ("train_ann", "test_ann"):
@@ -250,8 +251,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         not isinstance(clutter, int | float) or not 0 <= clutter <= 1
     ):
         problems.append(f"data.clutter_prob must be a probability in [0, 1], got {clutter!r}")
-    if data.get("name") not in ("synthetic", "coco"):
-        problems.append(f"data.name={data.get('name')!r} is not one of synthetic, coco")
+    if data.get("name") not in ("synthetic", "coco", "video"):
+        problems.append(f"data.name={data.get('name')!r} is not one of synthetic, coco, video")
+    if data.get("name") == "video":
+        problems += _video_data_problems(data)
     if data.get("name") == "coco":
         for key in ("train_ann", "train_images", "test_ann", "test_images", "novel_classes"):
             if data.get(key) in (None, "???"):
@@ -262,3 +265,29 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         problems.append(f"eval.modes has unknown mode(s) {bad}; use {', '.join(EVAL_MODES)}")
     if problems:
         raise ConfigError("invalid run config:\n  - " + "\n  - ".join(problems))
+
+
+def _video_data_problems(data: Mapping[str, Any]) -> list[str]:
+    """``data=video`` keys: the four paths all set or all null (the synthetic benchmark), strides
+    and shares in range."""
+    problems = []
+    paths = ("train_root", "train_ann", "test_root", "test_ann")
+    unset = [k for k in paths if data.get(k) in (None, "???")]
+    if unset and len(unset) < len(paths):
+        problems.append(
+            f"data.{', data.'.join(unset)} unset: set all of data.{', data.'.join(paths)}, or "
+            "none of them for the embedded synthetic video benchmark"
+        )
+    for key in ("frame_stride", "eval_stride"):
+        value = data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"data.{key} must be a positive integer, got {value!r}")
+    for key, upper in (("background_share", 1.0), ("val_fraction", 0.99)):
+        value = data.get(key)
+        if not isinstance(value, int | float) or not 0 <= value <= upper:
+            problems.append(f"data.{key} must be a number in [0, {upper}], got {value!r}")
+    for key in ("n_val", "n_test"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            problems.append(f"data.{key} must be a positive integer or null, got {value!r}")
+    return problems

@@ -32,13 +32,16 @@ from psalm.diagnostics import load_bearing
 from psalm.evaluation import write_per_class_table
 from psalm.registry import ABLATION_FLAGS, build_fusion
 from psalm.training import CHECKPOINT_NAME, DivergedError, TrainSettings, evaluate, fit
+from psalm.video_eval import VideoMetrics, evaluate_video, write_per_video_table
 
 # Called with (step, val metrics) after each validation of a training run; True stops the run.
 ValidationHook = Callable[[int, dict[str, float]], bool]
 
 
 def build_data(data_cfg: dict[str, Any]) -> FewShotData:
-    """The dataset a config names (``synthetic`` or ``coco``)."""
+    """The dataset a config names (``synthetic``, ``coco`` or ``video``)."""
+    if data_cfg["name"] == "video":
+        return _build_video_data(data_cfg)
     if data_cfg["name"] == "synthetic":
         return SyntheticGlyphs(
             seed_split=data_cfg["split_seed"],
@@ -66,6 +69,17 @@ def build_data(data_cfg: dict[str, Any]) -> FewShotData:
         image_size=data_cfg["image_size"],
         support_size=data_cfg["support_size"],
     )
+
+
+def _build_video_data(data_cfg: dict[str, Any]) -> FewShotData:
+    from psalm.data import VideoFewShot, synthetic_video_benchmark
+
+    paths = {k: data_cfg[k] for k in ("train_root", "train_ann", "test_root", "test_ann")}
+    if all(v is None for v in paths.values()):  # the embedded benchmark, written on first use
+        paths = synthetic_video_benchmark(**data_cfg["synthetic"])
+    options = ("image_size", "support_size", "frame_stride", "background_share", "eval_stride")
+    options += ("val_fraction", "n_val", "n_test", "split_seed")
+    return VideoFewShot(**paths, **{k: data_cfg[k] for k in options})
 
 
 def build_detector(model_cfg: dict[str, Any], seed: int) -> FewShotDetector:
@@ -129,7 +143,7 @@ def check_spec(spec: RunSpec) -> None:
     """Checks that need more than the config (data files, K shots per class); run before
     dispatching, so that a bad study fails before any job starts."""
     data_cfg = spec.config["data"]
-    if data_cfg["name"] == "coco":
+    if data_cfg["name"] in ("coco", "video"):  # video: also decodes each video once (cache)
         build_data(data_cfg).validate(spec.config["train"]["shots"])
 
 
@@ -271,7 +285,9 @@ def _test(spec: RunSpec, handle, model, data, folder: Path) -> dict[str, float]:
         modes = [spec.eval_mode]
     for mode in modes:
         t0 = time.perf_counter()
-        result = evaluate(
+        # video data: ST-IoU and frame AP per video (psalm.video_eval) beside the COCO metrics
+        evaluator = evaluate_video if cfg["data"]["name"] == "video" else evaluate
+        result = evaluator(
             model,
             data,
             cfg["eval"]["split"],
@@ -288,6 +304,9 @@ def _test(spec: RunSpec, handle, model, data, folder: Path) -> dict[str, float]:
         table = folder / f"per_class_ap_{mode}.csv"
         write_per_class_table(result, data.categories, table)
         handle.log_artifact(table, "per_class_ap")
+        if isinstance(result, VideoMetrics):
+            videos = write_per_video_table(result, folder / f"per_video_{mode}.csv")
+            handle.log_artifact(videos, "per_video")
         print(f"[{spec.label}] {mode}: " + _fmt(values), flush=True)
     config_file = folder / "config.json"
     config_file.write_text(json.dumps(cfg, indent=2))
