@@ -201,6 +201,40 @@ def shuffled_class(class_id: int, pool: list[int], seed: int) -> int:
     return others[int(torch.randint(len(others), (1,), generator=g))]
 
 
+def support_mode_of(mode: str) -> str:
+    """The detector's support mode for an evaluation mode (``shuffled`` swaps classes, not
+    the way the support is used)."""
+    if mode not in EVAL_MODES:
+        raise ValueError(f"evaluation mode must be one of {EVAL_MODES}, got {mode!r}")
+    return mode if mode in ("none", "bypass") else "normal"
+
+
+def class_supports(
+    model: FewShotDetector,
+    data: FewShotData,
+    mode: str,
+    shots: int,
+    seed: int,
+    pool_of: Callable[[int], list[int]],
+) -> Callable[[int], list[torch.Tensor]]:
+    """``support(class_id)``: the support features an evaluation in ``mode`` gives a query of
+    that class, computed once per class. ``shuffled`` gives another class of
+    ``pool_of(class_id)`` (``shuffled_class``)."""
+    device = next(model.parameters()).device
+    support_mode = support_mode_of(mode)
+    cache: dict[int, list[torch.Tensor]] = {}
+
+    def support(class_id: int) -> list[torch.Tensor]:
+        if mode == "shuffled":
+            class_id = shuffled_class(class_id, pool_of(class_id), seed)
+        if class_id not in cache:
+            shots_k = data.supports(class_id, shots, seed)[None].to(device)  # (1, K, 3, S, S)
+            cache[class_id] = [f[0] for f in model.support_features(shots_k, support_mode)]
+        return cache[class_id]
+
+    return support
+
+
 @torch.no_grad()
 def evaluate(
     model: FewShotDetector,
@@ -213,23 +247,18 @@ def evaluate(
     top_k: int = 100,
 ) -> FewShotMetrics:
     """COCO AP of the detector on ``split`` (``val`` | ``test``) in support ``mode``."""
-    if mode not in EVAL_MODES:
-        raise ValueError(f"evaluation mode must be one of {EVAL_MODES}, got {mode!r}")
+    support_mode = support_mode_of(mode)
     model.eval()
     ev = data.eval_split(split)
     device = next(model.parameters()).device
-    support_cache: dict[int, list[torch.Tensor]] = {}  # class → backbone maps of its K shots
-    support_mode = mode if mode in ("none", "bypass") else "normal"
-
-    def support_maps(class_id: int) -> list[torch.Tensor]:
-        if mode == "shuffled":
-            pool = data.novel_ids if class_id in data.novel_ids else data.base_ids
-            class_id = shuffled_class(class_id, pool, seed)
-        if class_id not in support_cache:
-            shots_k = data.supports(class_id, shots, seed)[None].to(device)  # (1, K, 3, S, S)
-            features = model.support_features(shots_k, support_mode)
-            support_cache[class_id] = [f[0] for f in features]
-        return support_cache[class_id]
+    support_maps = class_supports(  # novel for novel, base for base
+        model,
+        data,
+        mode,
+        shots,
+        seed,
+        lambda c: data.novel_ids if c in data.novel_ids else data.base_ids,
+    )
 
     # The backbone runs once per image and once per class; only fusion and head run per query.
     by_image: dict[int, list[int]] = {}

@@ -26,7 +26,7 @@ from psalm.data._video import VideoFewShot
 from psalm.detector import FewShotDetector
 from psalm.evaluation import Detection, FewShotMetrics, evaluate_fewshot
 from psalm.st_iou import SCORE_THRESHOLD, mean_st_iou, st_iou, track_from_detections
-from psalm.training import EVAL_MODES, _shuffled_class
+from psalm.training import class_supports, support_mode_of
 
 __all__ = ["PER_VIDEO_COLUMNS", "VideoMetrics", "evaluate_video", "write_per_video_table"]
 
@@ -71,27 +71,17 @@ def evaluate_video(
     score_threshold: float = SCORE_THRESHOLD,
 ) -> VideoMetrics:
     """ST-IoU and frame AP of the detector on ``split`` (``val`` | ``test``) in support ``mode``
-    (``normal`` | ``none`` | ``shuffled``, as in ``psalm.training.evaluate``)."""
-    if mode not in EVAL_MODES:
-        raise ValueError(f"evaluation mode must be one of {EVAL_MODES}, got {mode!r}")
+    (one of ``psalm.training.EVAL_MODES``, as in ``psalm.training.evaluate``)."""
+    support_mode = support_mode_of(mode)
     model.eval()
     ev = data.eval_split(split)
     frames = data.split_frames(split)  # (class id, frame) per image
     device = next(model.parameters()).device
     pool = data.novel_ids if split == "test" else data.base_ids
-    support_cache: dict[int, list[torch.Tensor]] = {}
-
-    def support_maps(class_id: int) -> list[torch.Tensor]:
-        if mode == "shuffled":
-            class_id = _shuffled_class(class_id, pool, seed)
-        if class_id not in support_cache:
-            shots_k = data.supports(class_id, shots, seed)[None].to(device)  # (1, K, 3, S, S)
-            support_cache[class_id] = [f[0] for f in model.support_features(shots_k)]
-        return support_cache[class_id]
+    support_maps = class_supports(model, data, mode, shots, seed, lambda _: pool)
 
     detections: list[Detection] = []
     size = tuple(ev.images.shape[-2:])
-    support_mode = "none" if mode == "none" else "normal"
     for start in range(0, len(frames), batch_size):
         rows = list(range(start, min(len(frames), start + batch_size)))
         images = ev.images[rows].to(device).contiguous(memory_format=torch.channels_last)

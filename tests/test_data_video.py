@@ -408,3 +408,16 @@ def test_config_needs_all_four_paths_or_none() -> None:
         make_spec(["data=video", "data.train_root=/x", "data.train_ann=/x/a.json"])
     with pytest.raises(ConfigError, match="data.eval_stride must be a positive integer"):
         make_spec(["data=video", "data.eval_stride=0"])
+
+
+def test_load_bearing_figures_and_bypass_run_on_video_data(data: VideoFewShot, detector) -> None:
+    """Every trained run ends with psalm.diagnostics and may be evaluated in every support mode,
+    on video data as on glyphs."""
+    from psalm.diagnostics import load_bearing
+    from psalm.video_eval import evaluate_video
+
+    figures = load_bearing(detector, data, "test", 1, 0, episodes=4, batch_size=4)
+    assert {"fusion_support_ratio", "score_support_ratio", "support_bypass_share"} <= set(figures)
+    assert figures["episodes"] == 4
+    bypass = evaluate_video(detector, data, "test", 1, 0, mode="bypass")
+    assert 0.0 <= bypass.st_iou <= 1.0
