@@ -15,6 +15,14 @@ SLURM); finished runs keep their results, and ``run`` again resumes the interrup
 their last checkpoint.
 Study settings ``models=[…]`` and ``seeds=[…]`` change the study; every other override goes to
 each run (``profile=``, ``launcher=``, ``train.steps=``, …).
+
+Crash safety: a study is done only when every cell has a FINISHED run; otherwise ``run`` names the
+missing cells and exits 1. Each job holds its cell's lease (``pipeline.lease``), so two drivers
+never train a cell at once, and a cell whose process died is resumed at once. The driver owns its
+local queue and MLflow server (``pipeline.processes``): they stop when it is killed. Ctrl-C (or
+SIGTERM / SIGHUP) stops the study's jobs, marks their runs KILLED and prints the command that
+resumes (exit 130). Overrides that change the config of cells the study already ran make a new
+study (its id is printed); ``--join`` adds them to the existing one instead.
 """
 
 from __future__ import annotations

@@ -81,6 +81,11 @@ class Owner:
         self._save()
 
     def close(self) -> None:
+        """End of the block: helpers still adopted (the block was left by an exception before
+        the code that stops them ran, e.g. Ctrl-C right after a queue started) are stopped
+        here, as the watchdog would; then the watchdog is told to exit."""
+        for helper in reversed(self.data["helpers"]):
+            _stop(helper)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         with contextlib.suppress(subprocess.TimeoutExpired):
