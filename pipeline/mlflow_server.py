@@ -112,7 +112,7 @@ def tracking_server(
     host: str = "127.0.0.1",
     port: int | None = None,
     log_path: str | Path | None = None,
-    startup_timeout_s: float = 120.0,
+    startup_timeout_s: float = 300.0,  # a cold start on a loaded 2-core machine took > 120 s
 ) -> Iterator[TrackingServer]:
     """Start `mlflow server` on a free loopback port, wait until GET /health answers, yield it,
     and stop it on exit. The first start on a new SQLite file also creates its tables."""
