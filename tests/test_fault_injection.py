@@ -76,7 +76,10 @@ def _trial(seed: int, tmp_path: Path) -> None:
             break
         again = study.run()
         runs.append(again.returncode)
-    log = (tmp_path / "driver.log").read_text(errors="replace")[-3000:]
+        (tmp_path / f"rerun{len(runs) - 1}.log").write_text(again.stdout + again.stderr)
+    log = (tmp_path / "driver.log").read_text(errors="replace")[-2000:]
+    if runs[-1] != 0 and len(runs) > 1:
+        log += "\nlast re-run:\n" + again.stderr[-2000:]
     assert runs[-1] == 0, f"trial {seed} ({what}): exit codes {runs}; first driver's log:\n{log}"
     lingering = wait_for_no_processes(tmp_path, within_s=10.0)
     assert not lingering, f"trial {seed} ({what}): still alive 10 s later: {lingering}"
