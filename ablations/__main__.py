@@ -15,18 +15,31 @@ SLURM); finished runs keep their results, and ``run`` again resumes the interrup
 their last checkpoint.
 Study settings ``models=[…]`` and ``seeds=[…]`` change the study; every other override goes to
 each run (``profile=``, ``launcher=``, ``train.steps=``, …).
+
+Crash safety: a study is done only when every cell has a FINISHED run; otherwise ``run`` names the
+missing cells and exits 1. Each job holds its cell's lease (``pipeline.lease``), so two drivers
+never train a cell at once, and a cell whose process died is resumed at once. The driver owns its
+local queue and MLflow server (``pipeline.processes``): they stop when it is killed. Ctrl-C (or
+SIGTERM / SIGHUP) stops the study's jobs, marks their runs KILLED and prints the command that
+resumes (exit 130). Overrides that change the config of cells the study already ran make a new
+study (its id is printed); ``--join`` adds them to the existing one instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ablations.study import STUDY_KEYS, Plan, expand, load_study, study_folder, study_names
-from pipeline.config import ConfigError, RunSpec
+from pipeline.cli import OneLineParser, guarded
+from pipeline.config import NON_IDENTITY_KEYS, RunSpec, flatten
 from pipeline.dispatch import (
     FINAL_STATES,
     LauncherConfig,
@@ -37,17 +50,17 @@ from pipeline.dispatch import (
     status,
 )
 from pipeline.mlflow_server import shared_tracking
+from pipeline.processes import owned_processes
 from pipeline.run import run, run_dir
 from pipeline.tracking import Tracker, tracking_uri
 
+CELLS_FILE = "cells.json"  # in the study folder: each cell's config when the study first ran it
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: the exit status; errors are one line on stderr (``--debug``: traceback)."""
     args = _parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return guarded(lambda: args.func(args), debug=args.debug)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -57,19 +70,69 @@ def _run(args: argparse.Namespace) -> int:
     study = load_study(args.name, study_overrides)
     plan = expand(study, run_overrides)
     first = plan.all[0]
+    drifted = _drift(plan, first.config["output_dir"])
+    if drifted and not args.join:
+        cell, changes = drifted
+        new_id = f"{plan.study}-{_fingerprint(plan)}"
+        print(
+            f"these overrides change the cells of study {plan.study} ({cell}: {changes}); "
+            f"running them as study {new_id} (pass --join to add them to {plan.study})",
+            flush=True,
+        )
+        plan = expand(study, [*run_overrides, f"label.study={new_id}"])
+    _record_cells(plan, first.config["output_dir"])
     launcher = LauncherConfig.from_mapping(first.config["launcher"])
     uri = tracking_uri(first.config["tracking"]["uri"])
     tracker = Tracker(uri, first.config["tracking"]["experiment"])
-    todo_train, todo_eval, skipped = _pending(plan, tracker, args.force)
+    todo_train, todo_eval, finished, live = _pending(plan, tracker, args.force)
     print(
         f"study {plan.study}: {len(plan.train)} training run(s), {len(plan.evaluate)} "
         f"evaluation(s) over models {list(study.models)} × seeds {list(study.seeds)}; "
-        f"{skipped} already finished or live, launcher {launcher.kind}; "
-        f"planned in {time.perf_counter() - t0:.1f}s",
+        f"{finished} already finished"
+        + (f", {live} held by another process (waited for)" if live else "")
+        + f", launcher {launcher.kind}; planned in {time.perf_counter() - t0:.1f}s",
         flush=True,
     )
     folder = study_folder(plan.study, first.config["output_dir"])
-    with shared_tracking(uri, launcher.kind == "local" and len(todo_train) + len(todo_eval) > 1):
+    if todo_train or todo_eval:
+        try:
+            code = _dispatch_study(args, plan, launcher, folder, uri, todo_train, todo_eval)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP to this process
+            _interrupted(args, plan, tracker, str(exc) or "SIGINT")
+            return 130
+        if code is not None:
+            return code
+    missing = []
+    if todo_train or todo_eval:  # else every cell was found FINISHED above
+        missing = [spec for spec in plan.all if tracker.state(spec.config_hash) != "finished"]
+    if missing:
+        print(
+            f"study {plan.study} is not done: {len(missing)} of {len(plan.all)} cell(s) have no "
+            f"FINISHED run: {', '.join(_cell(s) for s in missing)}; run `{_command(args)}` "
+            "again to resume them",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    print(f"study {plan.study} done in {time.perf_counter() - t0:.0f}s", flush=True)
+    print_results(plan.study, uri)
+    return 0
+
+
+def _dispatch_study(
+    args: argparse.Namespace,
+    plan: Plan,
+    launcher: LauncherConfig,
+    folder: Path,
+    uri: str,
+    todo_train: list[RunSpec],
+    todo_eval: list[RunSpec],
+) -> int | None:
+    """Dispatch the training phase, then the evaluation phase; None once both have ended, or
+    the exit code after a ``--no-wait`` submission. The driver owns the queue and the server:
+    they end with it (``pipeline.processes``)."""
+    parallel = launcher.kind == "local" and len(todo_train) + len(todo_eval) > 1
+    with owned_processes(folder), shared_tracking(uri, parallel and not args.no_wait):
         for phase, specs in (("training", todo_train), ("evaluation", todo_eval)):
             if not specs:
                 continue
@@ -93,30 +156,105 @@ def _run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 return 0
-            failed = [s for s in statuses if s.state != "done"]
-            for s in failed:
-                print(f"FAILED {s.label}: {s.detail} (log: {s.stderr})", flush=True)
-    print(f"study {plan.study} done in {time.perf_counter() - t0:.0f}s", flush=True)
-    print_results(plan.study, uri)
-    return 0
+            for s in statuses:
+                if s.state != "done":
+                    print(f"FAILED {s.label}: {s.detail} (log: {s.stderr})", flush=True)
+    return None
 
 
-def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[list, list, int]:
-    """The specs still to run; ``force`` retires FINISHED runs (deleted in MLflow, restorable)."""
-    train, evaluate, skipped = [], [], 0
+def _cell_configs(plan: Plan) -> dict[str, dict[str, object]]:
+    """cell → its flattened resolved config, without labels and where/how it runs."""
+    return {
+        _cell(spec): {
+            key: value
+            for key, value in flatten(spec.config).items()
+            if key.split(".", 1)[0] not in NON_IDENTITY_KEYS
+        }
+        for spec in plan.all
+    }
+
+
+def _fingerprint(plan: Plan) -> str:
+    text = json.dumps(_cell_configs(plan), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def _drift(plan: Plan, output_dir: str) -> tuple[str, str] | None:
+    """(a cell, what changed) if the plan gives a cell of the study a config other than the one
+    it was first run with (``cells.json`` in the study folder); None if nothing changed. New
+    cells (more seeds, another model) are not a change."""
+    recorded = _read_json(study_folder(plan.study, output_dir) / CELLS_FILE) or {}
+    for cell, config in _cell_configs(plan).items():
+        before = recorded.get(cell)
+        if before is None or before == json.loads(json.dumps(config, default=str)):
+            continue
+        keys = sorted(set(before) | set(config))
+        changed = [
+            f"{k} {before.get(k, '(unset)')}→{config.get(k, '(unset)')}"
+            for k in keys
+            if before.get(k) != config.get(k)
+        ]
+        return cell, ", ".join(changed[:3]) + (" …" if len(changed) > 3 else "")
+    return None
+
+
+def _record_cells(plan: Plan, output_dir: str) -> None:
+    path = study_folder(plan.study, output_dir) / CELLS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cells = {**(_read_json(path) or {}), **_cell_configs(plan)}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(cells, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _interrupted(args: argparse.Namespace, plan: Plan, tracker: Tracker, why: str) -> None:
+    """After Ctrl-C (the local queue already stopped its jobs): end the study's RUNNING runs as
+    KILLED, resumable, and say in one line how to resume."""
+    tracker.end_unowned([(s.config_hash, run_dir(s)) for s in plan.all])
+    print(
+        f"\ninterrupted ({why}): the study's jobs are stopped and their unfinished runs marked "
+        "KILLED (resumable); finished runs are kept. "
+        f"Resume with: {_command(args)}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _command(args: argparse.Namespace) -> str:
+    return shlex.join(["python", "-m", "ablations", "run", args.name, *args.overrides])
+
+
+def _cell(spec: RunSpec) -> str:
+    return f"{spec.label}" + (f" ({spec.eval_mode} eval)" if spec.kind == "eval" else "")
+
+
+def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[list, list, int, int]:
+    """The specs still to run, the number FINISHED and the number held by a live process (those
+    are dispatched too: their job waits for the cell's lease, then finds the run finished);
+    ``force`` retires FINISHED runs (deleted in MLflow, restorable)."""
+    train, evaluate, finished, live = [], [], 0, 0
     for spec in plan.all:
-        state = tracker.state(spec.config_hash)
+        state = tracker.state(spec.config_hash, run_dir(spec))
         if state == "finished" and force:
             tracker.retire(spec.config_hash)
             folder = run_dir(spec)
             if folder.exists():  # keep the old checkpoint beside, never delete it
                 folder.rename(folder.with_name(f"{folder.name}.retired-{int(time.time())}"))
             state = "new"
-        if state in ("finished", "live"):
-            skipped += 1
+        if state == "finished":
+            tracker.join_study(spec.config_hash, plan.study)
+            finished += 1
             continue
+        live += state == "live"
         (evaluate if spec.kind == "eval" else train).append(spec)
-    return train, evaluate, skipped
+    return train, evaluate, finished, live
 
 
 def print_results(study: str, uri: str) -> None:
@@ -205,13 +343,19 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ablations", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m ablations", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(required=True)
     p = sub.add_parser("run", help="run a study (expand, validate, dispatch, wait, report)")
     p.add_argument("name", help=f"one of {', '.join(study_names())}")
     p.add_argument("overrides", nargs="*", help="models=[…] seeds=[…] and per-run overrides")
     p.add_argument("--no-wait", action="store_true", help="submit and return (cluster use)")
     p.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    p.add_argument(
+        "--join",
+        action="store_true",
+        help="let overrides that change the study's cells join it (default: a new study id)",
+    )
     p.set_defaults(func=_run)
     p = sub.add_parser("status", help="the jobs of a dispatched study (all if none named)")
     p.add_argument("study", nargs="?", help="the study's name, e.g. pyramid-default")

@@ -28,6 +28,7 @@ from analysis.deltas import INTERVALS
 from analysis.runs import list_studies
 from analysis.study import StudyAnalysis, analyze_study
 from analysis.verdicts import VERDICT_COLUMNS, format_verdicts
+from pipeline.cli import DEBUG_HINT, OneLineParser, debug_requested, one_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,8 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.command(args)
     except (LookupError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if debug_requested("--debug" in sys.argv):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # anything else, e.g. an unreachable tracking server: one line too
+        if debug_requested("--debug" in sys.argv):
+            raise
+        print(f"error: {one_line(err)} ({DEBUG_HINT})", file=sys.stderr)
+        return 1
 
 
 def _verdicts(args: argparse.Namespace) -> int:
@@ -113,9 +121,7 @@ def _warn_excluded(analysis: StudyAnalysis, stream) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis", description=__doc__.split("\n\n")[0]
-    )
+    parser = OneLineParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(required=True, metavar="command")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

@@ -11,8 +11,10 @@ train the same model, so a FINISHED run with that hash is never repeated.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -75,14 +77,68 @@ class RunSpec:
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/config.yaml`` with Hydra overrides (e.g. ``["model=cheaf", "seed=1"]``)."""
+    """Compose ``conf/config.yaml`` with Hydra overrides (e.g. ``["model=cheaf", "seed=1"]``).
+
+    Unknown keys are refused, ``+key=…`` additions included (Hydra accepts those; nothing
+    would read them), naming the nearest known key."""
+    additions = [o for o in overrides if o.startswith("+") and not _is_group_addition(o)]
+    cfg = _compose([o for o in overrides if o not in additions])
+    if additions:
+        known = flatten(OmegaConf.to_container(cfg, resolve=False))
+        for override in additions:
+            key = override.lstrip("+").split("=", 1)[0]
+            if key not in known and not key.startswith("hydra."):
+                raise ConfigError(
+                    f"unknown config key {key!r} (in {override}){_nearest(key, known)}"
+                )
+        cfg = _compose(overrides)
+    return cfg
+
+
+def _compose(overrides: Sequence[str]) -> DictConfig:
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             return compose(config_name="config", overrides=list(overrides))
     except Exception as exc:  # Hydra's errors name the bad override; keep them, add context
-        raise ConfigError(f"cannot compose config with overrides {list(overrides)}: {exc}") from exc
+        raise ConfigError(_hydra_error(exc, overrides)) from exc
+
+
+def _is_group_addition(override: str) -> bool:
+    """``+group=option`` adds a config group (a folder of ``conf/``), not a key."""
+    key = override.lstrip("+").split("=", 1)[0]
+    return (CONF_DIR / key.replace(".", "/")).is_dir()
+
+
+def _nearest(key: str, known: Mapping[str, Any]) -> str:
+    """'; did you mean …?' with the closest known key (difflib), or nothing."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _hydra_error(exc: Exception, overrides: Sequence[str]) -> str:
+    """Hydra's message in one line; for an unknown key, the nearest known one instead of
+    Hydra's advice to append it with ``+``."""
+    text = str(exc)
+    match = re.search(r"Could not override '([^']+)'", text) or re.search(
+        r"Key '([^']+)' is not in struct", text
+    )
+    if match and ("not in struct" in text or "To append to your config" in text):
+        key = match.group(1)
+        full = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
+        base = _compose([o for o in overrides if o not in full]) if full else None
+        known = flatten(OmegaConf.to_container(base, resolve=False)) if base is not None else {}
+        return f"unknown config key {key!r}{_nearest(key, known)}"
+    match = re.search(r"Could not find '([^']+)'", text)
+    if match:  # a config group option that does not exist, e.g. launcher=slurmm
+        group = match.group(1).split("/")[0]
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        if options:
+            name = match.group(1).split("/")[-1]
+            return f"unknown {group} {name!r}; choose one of {', '.join(options)}"
+    first = " ".join(line.strip() for line in text.strip().splitlines()[:2])
+    return f"cannot compose the config with overrides {list(overrides)}: {first}"
 
 
 def make_spec(overrides: Sequence[str] = (), **kwargs: Any) -> RunSpec:
@@ -111,9 +167,10 @@ def spec_from_config(
             raise ConfigError(f"eval_mode={mode!r} must be one of {', '.join(EVAL_MODES)}")
         if not kwargs.get("eval_of"):
             raise ConfigError("an eval spec needs eval_of, the config hash of the trained run")
+    # A run's identity is what it computes: not the study it was first trained for, so a
+    # baseline shared by several studies is trained once (and tagged with each of them).
     identity = {
         "config": {k: v for k, v in resolved.items() if k not in NON_IDENTITY_KEYS},
-        "study": resolved.get("label", {}).get("study"),
         "code": code_version(),
         "data": data_version(resolved["data"]),
         "kind": kind,
@@ -184,13 +241,17 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
                     f"model.{flag} is a {other.upper()} flag; {name.upper()} takes "
                     f"{', '.join('model.' + f for f in ABLATION_FLAGS[name])}"
                 )
+    heads = model.get("num_heads", 1)
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        problems.append(f"model.num_heads must be a positive integer, got {heads!r}")
+        heads = 1
     for key in ("query_channels", "out_channels"):
         chans = model.get(key)
         if not isinstance(chans, list) or len(chans) != 4:
             problems.append(f"model.{key} must list 4 levels (P2..P5), got {chans!r}")
         elif any(not isinstance(c, int) or c <= 0 for c in chans):
             problems.append(f"model.{key} must be positive ints, got {chans!r}")
-        elif key == "query_channels" and any(c % model.get("num_heads", 1) for c in chans):
+        elif key == "query_channels" and any(c % heads for c in chans):
             problems.append(
                 f"model.query_channels {chans} must be divisible by model.num_heads="
                 f"{model.get('num_heads')}"

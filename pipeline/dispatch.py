@@ -62,6 +62,7 @@ from pipeline._local_queue import (
     submit_queue,
     write_json_atomic,
 )
+from pipeline.processes import adopt, release
 
 KINDS = ("debug", "local", "slurm")
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -80,6 +81,8 @@ _THREAD_VARIABLES = (
 )
 _LOCAL_NO_LIMIT_MIN = 30 * 24 * 60  # "no time limit" for local jobs: 30 days
 _SLURM_DEFAULT_TIME_MIN = 60
+# A cancelled local queue interrupts its jobs and gives them STOP_GRACE_S (10 s) before SIGKILL.
+_CANCEL_WAIT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -374,6 +377,8 @@ def dispatch(
             extra_pythonpath=[_PACKAGE_ROOT],
         )
         manifest["runner_pid"] = runner.pid
+        if wait:  # a blocking driver owns its queue: if the driver is killed, so is the queue
+            adopt(runner.pid, f"local queue {batch_id}")
         manifest["parallelism"] = len(slots)
         manifest["slots"] = [dataclasses.asdict(slot) for slot in slots]
     else:
@@ -698,9 +703,9 @@ def wait_for(
                 )
             time.sleep(poll_s)
     except KeyboardInterrupt:
-        if manifest["kind"] == "local":
-            print(f"\ninterrupted: cancelling the local batch {batch_dir}", file=sys.stderr)
-            cancel(batch_dir)
+        if manifest["kind"] == "local":  # the caller says what was interrupted, in one line
+            cancel(batch_dir, wait_s=_CANCEL_WAIT_S)
+            release(manifest.get("runner_pid") or 0)
         elif manifest["kind"] == "slurm":
             print(
                 f"\ninterrupted: the SLURM jobs keep running; follow them with status({batch_dir})"
@@ -709,18 +714,25 @@ def wait_for(
             )
         raise
     statuses = [_with_result(s, batch_dir) for s in statuses]
+    if manifest["kind"] == "local":
+        release(manifest.get("runner_pid") or 0)
     if bar:
         bar.finish(statuses)
     return statuses
 
 
-def cancel(folder: str | Path) -> None:
+def cancel(folder: str | Path, wait_s: float = 0.0) -> None:
     """Stop a batch: local queued jobs never start and running ones are interrupted; SLURM jobs
-    are scancelled. Jobs already finished keep their results."""
+    are scancelled. Jobs already finished keep their results. With ``wait_s``, waits that long
+    for a local queue to have stopped its jobs (so they could mark their runs)."""
     batch_dir = batch_folder(folder)
     manifest = read_json(batch_dir / MANIFEST)
     if manifest["kind"] == "local":
-        cancel_queue(batch_dir, manifest.get("runner_pid"))
+        pid = manifest.get("runner_pid")
+        cancel_queue(batch_dir, pid)
+        deadline = time.time() + wait_s
+        while runner_alive(batch_dir, pid) and time.time() < deadline:
+            time.sleep(0.2)
     elif manifest["kind"] == "slurm":
         ids = sorted({str(e["job_id"]).split("_")[0] for e in manifest["jobs"] if e["job_id"]})
         if ids:

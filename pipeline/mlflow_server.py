@@ -10,7 +10,8 @@ each other (a 60 s SQLite busy timeout instead of the default 5 s):
         os.environ["MLFLOW_TRACKING_URI"] = server.uri   # http://127.0.0.1:<port>, jobs inherit it
         ...                                              # dispatch jobs, wait for them
 
-The server lives as long as the `with` block: start it around a blocking dispatch. Artifacts
+The server lives as long as the `with` block: start it around a blocking dispatch. Inside
+`pipeline.processes.owned_processes`, a watchdog also stops it if the driver is killed. Artifacts
 are not proxied: runs get a local artifact location (MLflow's own default, ./mlruns, unless
 `artifact_root` says otherwise) that jobs write directly, so the store reads the same with or
 without the server afterwards.
@@ -31,6 +32,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.processes import adopt, release
 
 SQLITE_BUSY_TIMEOUT_S = 60
 
@@ -109,7 +112,7 @@ def tracking_server(
     host: str = "127.0.0.1",
     port: int | None = None,
     log_path: str | Path | None = None,
-    startup_timeout_s: float = 120.0,
+    startup_timeout_s: float = 300.0,  # a cold start on a loaded 2-core machine took > 120 s
 ) -> Iterator[TrackingServer]:
     """Start `mlflow server` on a free loopback port, wait until GET /health answers, yield it,
     and stop it on exit. The first start on a new SQLite file also creates its tables."""
@@ -151,6 +154,7 @@ def tracking_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so stopping reaches the workers
         )
+    adopt(process.pid, "mlflow server")  # stopped by a watchdog if the driver is killed
     try:
         deadline = time.time() + startup_timeout_s
         while not _healthy(uri):
@@ -168,6 +172,7 @@ def tracking_server(
         yield TrackingServer(uri, store_uri, artifacts, log_path, process.pid)
     finally:
         _stop(process)
+        release(process.pid)
 
 
 @contextlib.contextmanager

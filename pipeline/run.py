@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from pipeline.config import REPO_ROOT, RunSpec
+from pipeline.lease import cell_lease
 from pipeline.tracking import Tracker
 from psalm.data import FewShotData, SyntheticGlyphs
 from psalm.detector import FewShotDetector
@@ -185,7 +186,15 @@ def run(spec: RunSpec, on_validation: ValidationHook | None = None) -> dict[str,
     stops: its MLflow run ends KILLED with the tag ``pruned_at_step``, no test evaluation is done,
     and the result says ``pruned_at``. A later run of the same spec resumes it from the
     checkpoint.
+
+    The cell's lease (``pipeline.lease``) is held throughout: a second process given the same
+    spec waits, then finds the run FINISHED (or resumes it), so no cell is trained twice at once.
     """
+    with cell_lease(run_dir(spec), spec.label):
+        return _run_leased(spec, on_validation)
+
+
+def _run_leased(spec: RunSpec, on_validation: ValidationHook | None) -> dict[str, Any]:
     cfg = spec.config
     tracker = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
     extra = {}
@@ -211,7 +220,8 @@ def run(spec: RunSpec, on_validation: ValidationHook | None = None) -> dict[str,
         handle.finish("FAILED", reason=f"diverged: {exc}")
         raise
     except BaseException as exc:  # killed, preempted, crashed: the run stays resumable
-        handle.finish("FAILED", reason=f"{type(exc).__name__}: {exc}")
+        stopped = isinstance(exc, KeyboardInterrupt | SystemExit)  # Ctrl-C, cancel, requeue
+        handle.finish("KILLED" if stopped else "FAILED", reason=f"{type(exc).__name__}: {exc}")
         raise
     if metrics.get("pruned_at"):
         handle.set_tags({"pruned_at_step": metrics["pruned_at"]})

@@ -9,8 +9,9 @@
   Metrics are buffered and sent in batches: every ``flush_every`` steps (the checkpoint interval,
   so everything up to a checkpoint is recorded before the checkpoint is written), every
   ``FLUSH_EVERY_S`` seconds, and before tags, artifacts and the end of the run.
-- A ``heartbeat`` tag is refreshed as metrics arrive; a RUNNING run whose heartbeat is older than
-  ``stale_after_s`` is taken for dead (its process was killed) and may be resumed.
+- Whether a RUNNING run is live is its cell's lease (``pipeline.lease``): the lock dies with the
+  process that held it, so a killed run is resumable at once. A ``heartbeat`` tag is refreshed as
+  metrics arrive, for runs recorded before leases (stale after ``stale_after_s``).
 
 It also answers the bookkeeping questions dispatch needs (is this hash done? is it live?);
 reading results for analysis is ``analysis``'s job.
@@ -29,7 +30,9 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import REPO_ROOT, RunSpec, flatten
+from pipeline.config import REPO_ROOT, ConfigError, RunSpec, flatten
+from pipeline.lease import LOCK_FILE
+from pipeline.lease import holder as lease_holder
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 HEARTBEAT_EVERY_S = 30.0
@@ -116,8 +119,15 @@ class Tracker:
 
     def __init__(self, uri: str | None = None, experiment: str = "psalm") -> None:
         self.uri = tracking_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment_id = self._experiment(experiment)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = self._experiment(experiment)
+        except Exception as exc:  # a bad URI, an unwritable folder, an unreachable server
+            reason = next((line for line in str(exc).splitlines() if line.strip()), repr(exc))
+            raise ConfigError(
+                f"cannot open the MLflow tracking store {self.uri}: {reason[:300]}; set "
+                "MLFLOW_TRACKING_URI to sqlite:///<a writable path> or a running server's URL"
+            ) from exc
 
     def _experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -147,18 +157,44 @@ class Tracker:
         )
         return runs[0] if runs else None
 
-    def state(self, config_hash: str, stale_after_s: float = 600.0) -> str:
-        """``new`` | ``finished`` | ``live`` (RUNNING, fresh heartbeat) | ``resumable``."""
+    def state(
+        self, config_hash: str, folder: str | Path | None = None, stale_after_s: float = 600.0
+    ) -> str:
+        """``new`` | ``finished`` | ``live`` (RUNNING and its process alive) | ``resumable``.
+
+        With the run's ``folder``, liveness is its lease (``pipeline.lease``): a RUNNING run
+        whose holder is gone is resumable at once. Without a lease file (runs recorded before
+        leases existed) a heartbeat younger than ``stale_after_s`` counts as live."""
         run = self.find(config_hash)
         if run is None:
             return "new"
         if run.info.status == "FINISHED":
             return "finished"
         if run.info.status == "RUNNING":
+            if folder is not None and (Path(folder) / LOCK_FILE).exists():
+                return "live" if lease_holder(folder) else "resumable"
             beat = float(run.data.tags.get("heartbeat", run.info.start_time / 1000))
             if time.time() - beat < stale_after_s:
                 return "live"
         return "resumable"
+
+    def join_study(self, config_hash: str, study: str) -> None:
+        """Tag the run of ``config_hash`` with one more study that uses it (tag ``studies``, a
+        comma-separated list; tag ``study`` keeps the first): a baseline shared by several
+        studies is trained once."""
+        run = self.find(config_hash)
+        if run is not None:
+            self._join(run, study)
+
+    def _join(self, run: Any, study: str) -> None:
+        if not study:
+            return
+        studies = [s for s in run.data.tags.get("studies", "").split(",") if s]
+        first = run.data.tags.get("study")
+        if first and first not in studies:
+            studies.insert(0, first)
+        if study not in studies:
+            self.client.set_tag(run.info.run_id, "studies", ",".join([*studies, study]))
 
     def open_sweep(self, sweep: str, params: Mapping[str, Any]) -> RunHandle:
         """The parent run of a sweep (tags ``kind=sweep``, ``sweep=<name>``): found again when
@@ -200,6 +236,20 @@ class Tracker:
                 marked.append(run.info.run_name)
         return sorted(marked)
 
+    def end_unowned(self, runs: Iterable[tuple[str, Path]]) -> list[str]:
+        """Mark KILLED each RUNNING run among ``(config_hash, run folder)`` whose lease nobody
+        holds: its process was stopped or killed and could not end the run itself. Returns the
+        names of the runs marked."""
+        marked = []
+        for config_hash, folder in runs:
+            run = self.find(config_hash)
+            if run is None or run.info.status != "RUNNING" or lease_holder(folder):
+                continue
+            self.client.set_tag(run.info.run_id, "failure_reason", "interrupted")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            marked.append(run.info.run_name)
+        return sorted(marked)
+
     def retire(self, config_hash: str) -> None:
         """Move a run out of the way for ``--force``: MLflow's soft delete (``mlflow runs
         restore --run-id …`` brings it back)."""
@@ -213,6 +263,8 @@ class Tracker:
         every checkpoint step (``train.checkpoint_every``)."""
         every = int(spec.config.get("train", {}).get("checkpoint_every", 1))
         run = self.find(spec.config_hash)
+        if run is not None:
+            self._join(run, spec.tags()["study"])
         if run is not None and run.info.status == "FINISHED":
             return RunHandle(self.client, run.info.run_id, finished=True)
         if run is not None:

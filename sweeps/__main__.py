@@ -25,7 +25,8 @@ from collections.abc import Sequence
 
 from optuna.trial import TrialState
 
-from pipeline.config import CONF_DIR, ConfigError, make_spec
+from pipeline.cli import OneLineParser, guarded
+from pipeline.config import CONF_DIR, make_spec
 from pipeline.mlflow_server import shared_tracking
 from pipeline.tracking import tracking_uri
 from sweeps.config import Sweep, load_sweep, sweep_names
@@ -35,12 +36,9 @@ from sweeps.study import open_storage, open_study
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: the exit status; errors are one line on stderr (``--debug``: traceback)."""
     args = _parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return guarded(lambda: args.func(args), debug=args.debug)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -53,7 +51,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.no_wait:
         return 0
     _print_summary(sweep, summary)
-    if summary.best_trial is not None and not args.no_export:
+    if summary.best_trial is None:
+        print(f"error: {_why_no_result(sweep)}", file=sys.stderr, flush=True)
+        return 1
+    if not args.no_export:
         path, others = export_best(sweep, summary)
         print(f"\nbest configuration written to {path}")
         extra = (" " + " ".join(others)) if others else ""
@@ -62,6 +63,21 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"(outside {CONF_DIR / 'model'}: copy it there to ablate it as models=[…])")
     return 0
+
+
+def _why_no_result(sweep: Sweep) -> str:
+    """One line: the sweep has no completed trial, and the most common failure."""
+    trials = open_study(sweep, open_storage(sweep)).get_trials(deepcopy=False)
+    failures = [t.user_attrs.get("failure", "no reason recorded") for t in trials]
+    failures = [f for t, f in zip(trials, failures, strict=True) if t.state == TrialState.FAIL]
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    reason = max(set(failures), key=failures.count) if failures else None
+    return (
+        f"sweep {sweep.sweep_id} ended with no completed trial ({len(failures)} failed, "
+        f"{pruned} pruned of {len(trials)})"
+        + (f"; most failed with: {str(reason).splitlines()[0][:200]}" if reason else "")
+        + f"; `python -m sweeps status {sweep.name}` lists them"
+    )
 
 
 def _print_summary(sweep: Sweep, summary: Summary) -> None:
@@ -154,7 +170,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m sweeps", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(required=True)
     p = sub.add_parser("run", help="run (or resume) a sweep: validate, dispatch, wait, export")
     p.add_argument("name", help=f"one of {', '.join(sweep_names())} (or a .yaml path)")

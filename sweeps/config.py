@@ -92,6 +92,7 @@ class Sweep:
     trials: int
     workers: int
     report_every: int
+    report_note: str  # why report_every differs from the file's, if it was fitted to the steps
     storage: str  # an SQLAlchemy URL (sqlite/postgresql/…) or journal:<file>
     heartbeat_s: int
     max_retries: int
@@ -156,6 +157,17 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         report_every = 0
     base_overrides = [*run_overrides, f"train.eval_every={report_every}"]
     base = make_spec(base_overrides).config  # raises ConfigError naming a bad run override
+    steps = base["train"]["steps"]
+    if report_every > steps:
+        # A validation interval longer than the schedule reports once, at the last step, and
+        # leaves the pruner nothing to compare: fit it to the schedule (three reports).
+        fitted = max(1, steps // 3)
+        note = f"report_every={report_every} is longer than the {steps}-step schedule: {fitted}"
+        report_every = fitted
+        base_overrides = [*run_overrides, f"train.eval_every={report_every}"]
+        base = make_spec(base_overrides).config
+    else:
+        note = ""
     space = _parse_space(cfg["space"], base, problems)
     metric = cfg["metric"]
     known = [f"val/{m}" for m in METRIC_NAMES]
@@ -213,6 +225,7 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         trials=cfg["trials"],
         workers=cfg.get("workers", 1),
         report_every=report_every,
+        report_note=note,
         storage=storage_url(cfg.get("storage")),
         heartbeat_s=heartbeat_s,
         max_retries=max_retries,

@@ -115,7 +115,9 @@ def drive(sweep: Sweep, *, wait: bool = True, stream: TextIO | None = None) -> S
     progress = _Progress(stream, sweep)
     print(
         f"sweep {sweep.sweep_id}: {sweep.trials} trials of {sweep.model} ({sweep.steps} steps, "
-        f"{sweep.metric} every {sweep.report_every or 'end'}), sampler {sweep.sampler['name']}, "
+        f"{sweep.metric} every {sweep.report_every or 'end'}"
+        f"{f' ({sweep.report_note})' if sweep.report_note else ''}), "
+        f"sampler {sweep.sampler['name']}, "
         f"pruner {sweep.pruner['name']}, {workers} worker(s) on {launcher.kind}; storage "
         f"{sweep.storage}; MLflow parent run {parent.run_id}",
         file=stream,

@@ -66,8 +66,9 @@ class Store:
         """Active runs of the experiment matching ``filter_string``."""
         return self.client.search_runs([self.experiment_id], filter_string, max_results=1000)
 
-    def only_run(self, config_hash: str) -> Run:
-        found = self.runs(f"tags.config_hash = '{config_hash}'")
+    def only_run(self, config_hash: str, experiment: str = EXPERIMENT) -> Run:
+        ids = [self.client.get_experiment_by_name(experiment).experiment_id]
+        found = self.client.search_runs(ids, f"tags.config_hash = '{config_hash}'")
         assert len(found) == 1, f"expected one run with config_hash {config_hash}, got {found}"
         return found[0]
 
@@ -235,8 +236,10 @@ def test_a_temporary_store_keeps_its_artifacts_beside_it(tmp_mlflow_uri: str) ->
 def test_same_config_and_seed_give_the_same_model_and_metrics(
     cheaf_run: Trained, store: Store
 ) -> None:
-    spec = make_spec(smoke(store, "cheaf", "label.study=determinism", out="runs_again"))
-    assert spec.config_hash != cheaf_run.spec.config_hash  # another study: its own run
+    # The same config is the same run (a run's identity is its config, not its study): another
+    # MLflow experiment records it again.
+    spec = make_spec(smoke(store, "cheaf", "tracking.experiment=determinism", out="runs_again"))
+    assert spec.config_hash == cheaf_run.spec.config_hash
     result = run(spec)
     assert result["skipped"] is False and result["run_id"] != cheaf_run.run_id
     reference = store.client.get_run(cheaf_run.run_id).data.metrics
@@ -248,7 +251,7 @@ def test_same_config_and_seed_give_the_same_model_and_metrics(
 def test_a_killed_run_resumes_into_the_same_run_and_ends_like_an_uninterrupted_one(
     cheaf_run: Trained, store: Store
 ) -> None:
-    overrides = smoke(store, "cheaf", "label.study=resume", out="runs_resume")
+    overrides = smoke(store, "cheaf", "tracking.experiment=resume", out="runs_resume")
     spec = make_spec(overrides)
     assert spec.config["train"]["checkpoint_every"] < STEPS  # a mid-run checkpoint exists
     ckpt = run_dir(spec) / CHECKPOINT_NAME
@@ -273,13 +276,13 @@ def test_a_killed_run_resumes_into_the_same_run_and_ends_like_an_uninterrupted_o
     if killed_at >= STEPS:
         pytest.skip(f"the run finished all {STEPS} steps before it could be killed")
 
-    killed = store.only_run(spec.config_hash)
+    killed = store.only_run(spec.config_hash, "resume")
     assert killed.info.status == "RUNNING"  # SIGKILL leaves it open
 
     result = run(spec)
     assert result["skipped"] is False
     assert result["run_id"] == killed.info.run_id, "the resumed training opened a new run"
-    resumed = store.only_run(spec.config_hash)
+    resumed = store.only_run(spec.config_hash, "resume")
     assert resumed.info.status == "FINISHED"
     assert resumed.data.tags.get("resumed") == "true"
     assert store.steps(resumed.info.run_id, "train/loss") == list(range(1, STEPS + 1))
@@ -343,9 +346,8 @@ def test_evaluate_run_records_a_shuffled_support_run_of_the_trained_one(
 def test_evaluate_cli_rejects_an_unknown_mode(capsys: pytest.CaptureFixture[str]) -> None:
     from psalm.evaluate import main
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["mode=sideways", "model=cheaf", *SMOKE])
-    message = str(exit_info.value.code)
+    assert main(["mode=sideways", "model=cheaf", *SMOKE]) == 2
+    message = capsys.readouterr().err
     assert "sideways" in message and "shuffled" in message, message
 
 

@@ -1,0 +1,257 @@
+"""Every error a user can cause is one line on stderr and a non-zero exit, on every entry point,
+and records nothing in MLflow (issue 15).
+
+Each case calls an entry point's ``main(argv)`` in this process (the same function ``python -m``
+runs), with ``MLFLOW_TRACKING_URI`` on a fresh store; two cases run the real command in a
+subprocess too. ``--debug`` / ``HYDRA_FULL_ERROR=1`` bring the traceback back (last test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from test_data_coco import write_coco
+
+import ablations.__main__ as ablations_cli
+import analysis.__main__ as analysis_cli
+import psalm.evaluate as evaluate_cli
+import psalm.train as train_cli
+import sweeps.__main__ as sweeps_cli
+from ablations.study import STUDY_DIR
+
+SMOKE = ["profile=smoke", "data.n_val=4", "data.n_test=6"]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _coco(root: Path, break_it: Callable[[Path, Path], None] | None = None) -> list[str]:
+    """``data=coco`` overrides over a small COCO set; ``break_it(train_ann, train_images)``
+    damages it first."""
+    train_ann, train_images = write_coco(root, "train")
+    test_ann, test_images = write_coco(root, "test")
+    if break_it is not None:
+        break_it(train_ann, train_images)
+    return [
+        "data=coco",
+        f"data.train_ann={train_ann}",
+        f"data.train_images={train_images}",
+        f"data.test_ann={test_ann}",
+        f"data.test_images={test_images}",
+        "data.novel_classes=[dog]",
+        "data.image_size=64",
+        "data.support_size=32",
+    ]
+
+
+def _truncate(ann: Path, images: Path) -> None:
+    ann.write_text(ann.read_text()[:-40])
+
+
+def _box_outside(ann: Path, images: Path) -> None:
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["bbox"] = [70, 5, 20, 20]  # image 1 is 80 wide
+    ann.write_text(json.dumps(data))
+
+
+def _no_categories(ann: Path, images: Path) -> None:
+    data = json.loads(ann.read_text())
+    data["categories"] = []
+    ann.write_text(json.dumps(data))
+
+
+def _missing_image(ann: Path, images: Path) -> None:
+    (images / "train2.png").unlink()
+
+
+# (id, entry point, argv builder given a scratch folder, extra environment, expected text)
+CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]] = [
+    ("bad flag value", ablations_cli, lambda t: ["run", "pyramid", "--no-wait=3"], {}, "no-wait"),
+    ("unknown study", ablations_cli, lambda t: ["run", "pyramd", *SMOKE], {}, "pyramid"),
+    (
+        "unknown launcher",
+        ablations_cli,
+        lambda t: ["run", "pyramid", *SMOKE, "launcher=slurmm"],
+        {},
+        "slurm",
+    ),
+    ("negative lr", train_cli, lambda t: ["model.lr=-1", *SMOKE], {}, "model.lr"),
+    (
+        "missing annotation file",
+        train_cli,
+        lambda t: [*_coco(t), f"data.train_ann={t / 'nope.json'}", *SMOKE[:1]],
+        {},
+        "nope.json",
+    ),
+    ("truncated JSON", train_cli, lambda t: [*_coco(t, _truncate), *SMOKE[:1]], {}, "JSON"),
+    (
+        "box outside the image",
+        train_cli,
+        lambda t: [*_coco(t, _box_outside), *SMOKE[:1]],
+        {},
+        "outside",
+    ),
+    (
+        "missing image file",
+        train_cli,
+        lambda t: [*_coco(t, _missing_image), *SMOKE[:1]],
+        {},
+        "missing",
+    ),
+    ("no categories", train_cli, lambda t: [*_coco(t, _no_categories), *SMOKE[:1]], {}, "categor"),
+    ("num_heads=0", train_cli, lambda t: ["model.num_heads=0", *SMOKE], {}, "model.num_heads"),
+    (
+        "YAML syntax error in a study file",
+        ablations_cli,
+        lambda t: ["run", "_pytest_broken_study", *SMOKE],
+        {},
+        "_pytest_broken_study.yaml",
+    ),
+    (
+        "bad MLFLOW_TRACKING_URI",
+        train_cli,
+        lambda t: [*SMOKE, f"output_dir={t / 'runs'}"],
+        {"MLFLOW_TRACKING_URI": "sqlite:////proc/x/mlflow.db"},
+        "MLFLOW_TRACKING_URI",
+    ),
+    (
+        "typo'd +key",
+        train_cli,
+        lambda t: ["+model.use_pyrmid=false", *SMOKE],
+        {},
+        "did you mean model.use_pyramid",
+    ),
+    (
+        "typo'd key",
+        train_cli,
+        lambda t: ["model.use_pyrmid=false", *SMOKE],
+        {},
+        "did you mean model.use_pyramid",
+    ),
+    ("override syntax error", train_cli, lambda t: ["model.lr=[", *SMOKE], {}, "model.lr"),
+    (
+        "unknown model in a study",
+        ablations_cli,
+        lambda t: ["run", "pyramid", "models=[psalmm]", *SMOKE],
+        {},
+        "psalmm",
+    ),
+    ("seeds not a list", ablations_cli, lambda t: ["run", "pyramid", "seeds=abc"], {}, "seeds"),
+    ("unknown sweep", sweeps_cli, lambda t: ["run", "nosuch", *SMOKE], {}, "nosuch"),
+    (
+        "sweep with 0 trials",
+        sweeps_cli,
+        lambda t: ["run", "psalm", "trials=0", *SMOKE],
+        {},
+        "trials",
+    ),
+    ("unknown evaluation mode", evaluate_cli, lambda t: ["mode=bogus", *SMOKE], {}, "bogus"),
+    (
+        "evaluating a run never trained",
+        evaluate_cli,
+        lambda t: ["mode=none", *SMOKE, "seed=987", f"output_dir={t / 'runs'}"],
+        {},
+        "not FINISHED",
+    ),
+    (
+        "unknown study to analyse",
+        analysis_cli,
+        lambda t: ["verdicts", "nosuch-study"],
+        {},
+        "nosuch",
+    ),
+]
+
+
+@pytest.fixture
+def broken_study_file() -> Path:
+    """A study file with a YAML syntax error, in the studies folder for the test's duration."""
+    path = STUDY_DIR / "_pytest_broken_study.yaml"
+    path.write_text("name: broken\nmodels: [psalm\nseeds: [0]\n")
+    yield path
+    path.unlink()
+
+
+def _runs_recorded(uri: str) -> int:
+    client = MlflowClient(uri)
+    experiments = client.search_experiments()
+    ids = [e.experiment_id for e in experiments]
+    return len(client.search_runs(ids, "")) if ids else 0
+
+
+@pytest.mark.parametrize(
+    ("entry", "argv", "env", "expected"),
+    [pytest.param(*case[1:], id=case[0]) for case in CASES],
+)
+def test_a_user_error_is_one_line_and_a_nonzero_exit(
+    entry,
+    argv: Callable[[Path], list[str]],
+    env: dict[str, str],
+    expected: str,
+    tmp_path: Path,
+    tmp_mlflow_uri: str,
+    broken_study_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = argv(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if "output_dir=" not in " ".join(args) and entry in (train_cli, evaluate_cli):
+        args.append(f"output_dir={tmp_path / 'runs'}")
+    try:
+        code = entry.main(args)
+    except SystemExit as exc:  # argparse's errors exit
+        code = exc.code
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code not in (0, None), f"exit {code}; stderr: {err}"
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
+    assert "Traceback" not in out + err
+    assert expected in lines[0], lines[0]
+    assert _runs_recorded(tmp_mlflow_uri) == 0, "an MLflow run was recorded"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["psalm.train", "model.lr=-1", *SMOKE], id="python -m psalm.train"),
+        pytest.param(["ablations", "run", "pyramd"], id="python -m ablations"),
+    ],
+)
+def test_the_commands_print_one_line_and_exit_2(
+    argv: list[str], tmp_path: Path, tmp_mlflow_uri: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run(
+        [sys.executable, "-m", *argv, f"output_dir={tmp_path}"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_hydra_full_error_brings_the_traceback_back(tmp_path: Path, tmp_mlflow_uri: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "psalm.train", "model.lr=-1", *SMOKE, f"output_dir={tmp_path}"],
+        cwd=tmp_path,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "model.lr" in proc.stderr

@@ -1,0 +1,236 @@
+"""Crash safety (issue 15): leases, liveness, process ownership, Ctrl-C, config identity.
+
+What users rely on:
+- two processes given the same cell never train it at once: the second waits for the lease, then
+  finds the run FINISHED; every metric step is recorded once;
+- a run whose process is dead is resumable at once (no heartbeat to age);
+- a killed driver takes its local queue, its jobs and its loopback MLflow server with it;
+- Ctrl-C stops the study's jobs, leaves their runs KILLED (resumable) and prints one line with
+  the command that resumes; the same command then finishes the study;
+- a run's identity is its config, not the study's name; overrides that change an existing study's
+  cells are a new study, not a silent mix; a sweep's validation interval fits its schedule.
+
+Real processes, a real SQLite MLflow store and the real local queue throughout.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _study_harness import (
+    StudyDir,
+    crash_problems,
+    job_tasks,
+    study_processes,
+    wait_for_no_processes,
+)
+from mlflow.tracking import MlflowClient
+
+from ablations.__main__ import _drift, _record_cells
+from ablations.study import expand, load_study
+from pipeline.config import make_spec
+from pipeline.lease import holder, read_log
+from pipeline.tracking import Tracker
+from sweeps.config import load_sweep
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["profile=smoke", "data.n_val=4", "data.n_test=6"]
+STEPS = 6
+
+
+def _env(uri: str) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO_ROOT)}
+
+
+# --- the lease ------------------------------------------------------------------------------
+
+
+_HOLD = """
+import sys, time
+from pipeline.lease import cell_lease
+with cell_lease(sys.argv[1], "holder"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_holder_frees_its_cell_at_once(tmp_path: Path, tmp_mlflow_uri: str) -> None:
+    folder = tmp_path / "cell"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(folder)],
+        env=_env(tmp_mlflow_uri),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        tracker = Tracker(tmp_mlflow_uri)
+        run = tracker.client.create_run(tracker.experiment_id, tags={"config_hash": "c0ffee"})
+        assert holder(folder)["pid"] == proc.pid
+        assert tracker.state("c0ffee", folder) == "live"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert holder(folder) is None
+        # RUNNING in MLflow, but nobody holds the cell: resumable now, not in 10 minutes
+        assert tracker.client.get_run(run.info.run_id).info.status == "RUNNING"
+        assert tracker.state("c0ffee", folder) == "resumable"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_two_processes_given_one_cell_train_it_once(tmp_path: Path, tmp_mlflow_uri: str) -> None:
+    argv = [sys.executable, "-m", "psalm.train", *SMOKE, f"output_dir={tmp_path / 'runs'}"]
+    procs = [
+        subprocess.Popen(
+            argv,
+            cwd=tmp_path,
+            env=_env(tmp_mlflow_uri),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    client = MlflowClient(tmp_mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("psalm").experiment_id], "")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, STEPS + 1)), steps
+    assert len(client.get_metric_history(run_id, "test/nAP50")) == 1
+    assert sum("already finished" in out for out in outs) == 1, outs
+    acquires = [
+        r
+        for r in read_log(tmp_path / "runs" / runs[0].data.tags["config_hash"])
+        if r["event"] == "acquire"
+    ]
+    assert len(acquires) == 2 and not any(r["previous_alive"] for r in acquires), acquires
+
+
+# --- a study's processes --------------------------------------------------------------------
+
+
+def _wait_for_a_running_job(study: StudyDir, driver: subprocess.Popen) -> None:
+    """Until a job trains: its MLflow run exists and is RUNNING."""
+    deadline = time.time() + 300
+    while True:
+        assert driver.poll() is None, (study.root / "driver.log").read_text()
+        assert time.time() < deadline, "no job started training"
+        if job_tasks(study.root) and (study.root / "mlflow.db").exists():
+            client = MlflowClient(study.uri)
+            experiment = client.get_experiment_by_name("psalm")
+            if experiment and client.search_runs(
+                [experiment.experiment_id], "attributes.status = 'RUNNING'"
+            ):
+                return
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # two studies' worth of smoke training, on 2 shared cores
+def test_a_killed_driver_takes_its_queue_jobs_and_server_with_it(tmp_path: Path) -> None:
+    study = StudyDir(tmp_path)
+    driver = study.start()
+    _wait_for_a_running_job(study, driver)
+    names = " ".join(" ".join(p.cmdline()) for p in study_processes(tmp_path))
+    assert "mlflow" in names and "pipeline._local_queue" in names and "pipeline.processes" in names
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    # the watchdog gives the queue 15 s to stop its jobs, then stops the server
+    assert not wait_for_no_processes(tmp_path, within_s=60)
+    again = study.run()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "done" in again.stdout
+    assert not crash_problems(study, cells=2)
+    assert not wait_for_no_processes(tmp_path, within_s=10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_ctrl_c_stops_the_jobs_and_says_how_to_resume(tmp_path: Path) -> None:
+    study = StudyDir(tmp_path)
+    driver = study.start()
+    _wait_for_a_running_job(study, driver)
+    os.killpg(driver.pid, signal.SIGINT)  # as the terminal does: the driver's process group
+    assert driver.wait(timeout=120) == 130
+    log = (tmp_path / "driver.log").read_text()
+    assert "Traceback" not in log, log
+    interrupted = [line for line in log.splitlines() if line.startswith("interrupted")]
+    assert len(interrupted) == 1 and "Resume with: python -m ablations run pyramid" in log, log
+    client = MlflowClient(study.uri)
+    runs = client.search_runs([client.get_experiment_by_name("psalm").experiment_id], "")
+    states = collections.Counter(r.info.status for r in runs)
+    assert states["RUNNING"] == 0 and states["KILLED"] >= 1, states
+    assert not wait_for_no_processes(tmp_path, within_s=10)
+    again = study.run()  # the command the line gave
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not crash_problems(study, cells=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_a_study_with_a_failed_cell_is_not_done(tmp_path: Path) -> None:
+    """A job killed outright: the driver names the missing cell and exits non-zero."""
+    study = StudyDir(tmp_path)
+    driver = study.start()
+    _wait_for_a_running_job(study, driver)
+    for job in job_tasks(tmp_path):
+        job.send_signal(signal.SIGKILL)
+    assert driver.wait(timeout=300) == 1
+    log = (tmp_path / "driver.log").read_text()
+    assert "is not done" in log and "psalm/" in log, log
+    assert study.run().returncode == 0
+    assert not crash_problems(study, cells=2)
+
+
+# --- identity and drift ---------------------------------------------------------------------
+
+
+def test_a_runs_identity_does_not_include_the_study_name() -> None:
+    a = make_spec([*SMOKE, "label.study=one"])
+    b = make_spec([*SMOKE, "label.study=two"])
+    assert a.config_hash == b.config_hash
+    pyramid = expand(load_study("pyramid", ["models=[psalm]", "seeds=[0]"]), SMOKE)
+    conv = expand(load_study("conv", ["models=[psalm]", "seeds=[0]"]), SMOKE)
+    baseline = {s.config_hash for s in pyramid.train if s.config["label"]["arm"] == "baseline"}
+    assert baseline == {s.config_hash for s in conv.train if s.config["label"]["arm"] == "baseline"}
+
+
+def test_a_shared_run_is_tagged_with_every_study_that_uses_it(tmp_mlflow_uri: str) -> None:
+    tracker = Tracker(tmp_mlflow_uri)
+    run = tracker.client.create_run(
+        tracker.experiment_id, tags={"config_hash": "beef", "study": "pyramid-smoke"}
+    )
+    tracker.join_study("beef", "conv-smoke")
+    tracker.join_study("beef", "conv-smoke")
+    tags = tracker.client.get_run(run.info.run_id).data.tags
+    assert tags["study"] == "pyramid-smoke" and tags["studies"] == "pyramid-smoke,conv-smoke"
+
+
+def test_overrides_that_change_a_studys_cells_are_drift_new_seeds_are_not(tmp_path: Path) -> None:
+    study = ["models=[psalm]", "seeds=[0]"]
+    runs = [*SMOKE, f"output_dir={tmp_path}"]
+    _record_cells(expand(load_study("pyramid", study), runs), str(tmp_path))
+    changed = _drift(expand(load_study("pyramid", study), [*runs, "train.steps=7"]), str(tmp_path))
+    assert changed is not None and "train.steps 6→7" in changed[1]
+    more_seeds = expand(load_study("pyramid", ["models=[psalm]", "seeds=[0,1]"]), runs)
+    assert _drift(more_seeds, str(tmp_path)) is None
+    assert _drift(expand(load_study("pyramid", study), runs), str(tmp_path)) is None
+
+
+def test_a_sweep_validation_interval_longer_than_the_schedule_is_fitted() -> None:
+    sweep = load_sweep("psalm", ["profile=smoke"])
+    assert 1 <= sweep.report_every <= sweep.steps
+    assert "longer than the" in sweep.report_note
+    assert f"train.eval_every={sweep.report_every}" in sweep.run_overrides
