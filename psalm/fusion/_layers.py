@@ -120,3 +120,17 @@ class ResidualTracer:
     def add(self, tag: str, x: Tensor, skip: Tensor) -> Tensor:
         self.seen.add(tag)
         return x + skip
+
+
+class ParameterCounts:
+    """Parameter counts under the names the report's authors' modules use, beside
+    ``param_breakdown()`` (which the subclass defines: its components sum to the total)."""
+
+    def count_parameters(self, trainable_only: bool = False) -> int:
+        """All parameters, or only those with ``requires_grad``."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def get_parameter_count(self) -> dict[str, int]:
+        """``param_breakdown()`` plus its ``total``."""
+        breakdown = self.param_breakdown()
+        return {**breakdown, "total": sum(breakdown.values())}
