@@ -38,8 +38,9 @@ from psalm.fusion._layers import (
     DepthwiseSeparable,
     ParameterCounts,
     ResidualTracer,
-    efficient_attention,
+    channels_last,
     from_tokens,
+    modulated_attention,
     to_tokens,
     upsample_to,
 )
@@ -118,14 +119,15 @@ class ModulatedAttention(nn.Module):
 
     def forward(self, x: Tensor, support: Tensor | None) -> Tensor:
         h, w = x.shape[-2:]
-        q = self.q_conv(x) if self.q_conv is not None else x
-        k = self.k_conv(x) if self.k_conv is not None else x
-        v = self.value(x)
+        tokens = to_tokens(x)
+        q = to_tokens(self.q_conv(x)) if self.q_conv is not None else tokens
+        k = to_tokens(self.k_conv(x)) if self.k_conv is not None else tokens
         weights = None if support is None else 2 * torch.sigmoid(self.modulation(support))  # (B, C)
-        attended = efficient_attention(
-            to_tokens(q), to_tokens(k), to_tokens(v), self.num_heads, value_weights=weights
+        # out(efficient attention with V = value(x)), computed without building V
+        attended = modulated_attention(
+            q, k, tokens, self.num_heads, self.value, self.out, value_weights=weights
         )
-        return self.out(from_tokens(attended, h, w))
+        return from_tokens(attended, h, w)
 
 
 class PSALMFusion(ParameterCounts, nn.Module):
@@ -186,6 +188,7 @@ class PSALMFusion(ParameterCounts, nn.Module):
         support = pool_support(
             support_features, self.support_channels, query[0].shape[0], self.levels
         )
+        query = channels_last(query)
         trace = ResidualTracer()
         enriched = self.pyramid(query) if self.pyramid is not None else query
         outputs = []
@@ -206,6 +209,7 @@ class PSALMFusion(ParameterCounts, nn.Module):
         the modulated attention are skipped; the support cannot reach the output."""
         query = as_level_list(query_features, "query_features", self.levels)
         check_query(query, self.query_channels, self.levels)
+        query = channels_last(query)
         outputs = [
             self.refinement_projectors[level](x) + self.residual_projectors[level](x)
             for level, x in zip(self.levels, query, strict=True)
