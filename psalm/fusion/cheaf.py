@@ -52,6 +52,7 @@ from psalm.fusion._layers import (
     ParameterCounts,
     ResidualTracer,
     SplitPointwise,
+    channels_last,
     efficient_attention,
     from_tokens,
     group_norm,
@@ -276,6 +277,7 @@ class CHEAFFusionModule(ParameterCounts, nn.Module):
         support = pool_support(
             support_features, self.support_channels, query[0].shape[0], self.levels
         )
+        query = channels_last(query)
         trace = ResidualTracer()
         fused = []
         for i, (level, x) in enumerate(zip(self.levels, query, strict=True)):
@@ -305,6 +307,7 @@ class CHEAFFusionModule(ParameterCounts, nn.Module):
         reach the output."""
         query = as_level_list(query_features, "query_features", self.levels)
         check_query(query, self.query_channels, self.levels)
+        query = channels_last(query)
         outputs = [
             self.output_projectors[level](x) + self.residual_projectors[level](x)
             for level, x in zip(self.levels, query, strict=True)
