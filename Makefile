@@ -87,7 +87,7 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 
 ##@ Models
 
-benchmark: $(STAMP) ## Measure CHEAF vs PSALM (params, latency, memory); writes reports/benchmark.json
+benchmark: $(STAMP) ## CHEAF vs PSALM: params, latency, memory, and the peer-comparable CPU setting (NCHW / channels-last, 1 and 2 threads); writes reports/benchmark.json
 	$(PY) -m psalm.benchmark $(ARGS)
 
 train: $(STAMP) ## One training run recorded in MLflow, e.g. ARGS="model=psalm profile=smoke seed=0"

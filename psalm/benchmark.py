@@ -15,6 +15,9 @@ Method
   forward. CPU: every allocation and free that the PyTorch profiler records during one forward,
   summed in time order; the peak of that running sum.
 - Residual connections: the residual additions the forward actually executed (R1, R2, …).
+- Peer-comparable setting (``--peer-threads``, CPU only): the setting the report's authors' code
+  is compared in (eval, no grad, one prototype per level), both modules timed interleaved again in
+  each memory layout of the inputs and models (NCHW, channels-last) at each thread count.
 
 Writes ``reports/benchmark.json`` (``--out``) and prints the table beside the report's figures.
 """
@@ -26,6 +29,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -239,6 +243,73 @@ def run_benchmark(
     }
 
 
+@dataclass(frozen=True)
+class PeerSetting:
+    """Median forward latency of both modules in one thread count and memory layout."""
+
+    threads: int
+    memory_format: str
+    cheaf_ms: float
+    psalm_ms: float
+    speedup: float
+
+
+def run_peer_settings(
+    batch: int = 4,
+    input_size: int = 640,
+    threads: Sequence[int] = (1, 2),
+    memory_formats: Sequence[str] = ("contiguous", "channels_last"),
+    warmup: int = 2,
+    repeats: int = 10,
+) -> list[PeerSetting]:
+    """CHEAF and PSALM on CPU, eval, no grad, prototypes, per thread count and layout.
+
+    The thread count is restored afterwards.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats (--peer-repeats) must be at least 1, got {repeats}")
+    bad = [f for f in memory_formats if f not in ("contiguous", "channels_last")]
+    if bad:
+        raise ValueError(f"memory_formats: unknown {bad}; use contiguous or channels_last")
+    dev = torch.device("cpu")
+    before = torch.get_num_threads()
+    rows = []
+    try:
+        for fmt in memory_formats:
+            cl = fmt == "channels_last"
+            models = build_models()
+            for m in models.values():
+                m.eval()
+                if cl:
+                    m.to(memory_format=torch.channels_last)
+            query, sup = make_inputs(batch, input_size, "prototype", dev, torch.float32, cl)
+            for n in threads:
+                torch.set_num_threads(n)
+                times = time_models(models, query, sup, dev, warmup, repeats)
+                cheaf, psalm = (statistics.median(times[k]) for k in ("cheaf", "psalm"))
+                rows.append(PeerSetting(n, fmt, cheaf, psalm, cheaf / psalm))
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def format_peer_table(rows: list[dict]) -> str:
+    """The peer-comparable setting as a table (ms per forward)."""
+    lines = [
+        "Peer-comparable setting (CPU, eval, no grad, one prototype per level):",
+        "",
+        f"| {'threads':>7} | {'layout':<13} | {'CHEAF ms':>9} | {'PSALM ms':>9} | "
+        f"{'CHEAF/PSALM':>11} |",
+        f"|{'-' * 9}|{'-' * 15}|{'-' * 11}|{'-' * 11}|{'-' * 13}|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['threads']:>7} | {r['memory_format']:<13} | {r['cheaf_ms']:>9.1f} | "
+            f"{r['psalm_ms']:>9.1f} | {r['speedup']:>10.2f}× |"
+        )
+    return "\n".join(lines)
+
+
 def _cpu_name() -> str:
     name = platform.processor() or platform.machine()
     try:
@@ -301,6 +372,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--peer-threads",
+        default="1,2",
+        help="thread counts of the peer-comparable CPU setting, comma-separated; '' skips it",
+    )
+    parser.add_argument("--peer-repeats", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="also print each model's top ops")
     parser.add_argument("--out", default="reports/benchmark.json")
     args = parser.parse_args(argv)
@@ -321,10 +398,17 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
         repeats=args.repeats,
     )
+    print(format_table(doc), flush=True)
+    if args.peer_threads:
+        threads = [int(t) for t in args.peer_threads.split(",")]
+        rows = run_peer_settings(
+            args.batch, args.input_size, threads, warmup=2, repeats=args.peer_repeats
+        )
+        doc["peer_comparable"] = [asdict(r) for r in rows]
+        print("\n" + format_peer_table(doc["peer_comparable"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(format_table(doc))
     if args.profile:
         dev = torch.device("cuda" if doc["device_type"] == "cuda" else "cpu")
         query, sup = make_inputs(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from psalm import CHEAFFusionModule, PSALMFusion
-from psalm.benchmark import run_benchmark
+from psalm.benchmark import run_benchmark, run_peer_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,8 +115,9 @@ def test_cli_writes_the_json_and_prints_the_table(tmp_path):
     out = tmp_path / "sub" / "benchmark.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "psalm.benchmark", "--batch", "1", "--input-size", "64"]
-    cmd += ["--repeats", "2", "--warmup", "1", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    cmd += ["--repeats", "2", "--warmup", "1", "--peer-repeats", "1"]
+    cmd += ["--peer-threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert doc["batch"] == 1 and doc["input_size"] == 64
@@ -131,3 +132,33 @@ def test_cli_writes_the_json_and_prints_the_table(tmp_path):
     assert "batch 1, input 64×64" in proc.stdout
     assert f"{doc['models']['cheaf']['params'] / 1e6:.3f}M" in proc.stdout
     assert f"Wrote {out}" in proc.stdout
+    peers = doc["peer_comparable"]
+    assert {(r["threads"], r["memory_format"]) for r in peers} == {
+        (1, "contiguous"),
+        (1, "channels_last"),
+    }
+    assert "Peer-comparable setting" in proc.stdout
+    for r in peers:
+        assert f"| {r['psalm_ms']:>9.1f} |" in proc.stdout
+
+
+def test_peer_settings_cover_every_thread_count_and_layout():
+    import torch
+
+    before = torch.get_num_threads()
+    rows = run_peer_settings(batch=1, input_size=64, threads=(1, 2), warmup=0, repeats=1)
+    assert torch.get_num_threads() == before  # restored
+    assert [(r.threads, r.memory_format) for r in rows] == [
+        (1, "contiguous"),
+        (2, "contiguous"),
+        (1, "channels_last"),
+        (2, "channels_last"),
+    ]
+    for r in rows:
+        assert r.cheaf_ms > 0 and r.psalm_ms > 0
+        assert r.speedup == pytest.approx(r.cheaf_ms / r.psalm_ms)
+
+
+def test_peer_settings_refuse_an_unknown_layout():
+    with pytest.raises(ValueError, match=r"unknown \['nhwc'\]"):
+        run_peer_settings(batch=1, input_size=64, memory_formats=("nhwc",), repeats=1)

@@ -7,7 +7,8 @@ image: P2 16×16 … P5 2×2) so the whole file runs in seconds on one thread.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,6 +55,7 @@ def build(
     channels: list[int] = CHANNELS,
     out_channels: list[int] = OUT_CHANNELS,
     num_heads: int = 4,
+    levels: Sequence[str] | None = None,
     **flags: bool,
 ) -> nn.Module:
     """One module with the report's keywords; flags default to all on."""
@@ -63,7 +65,10 @@ def build(
         support_channels=channels,
         out_channels=out_channels,
         num_heads=num_heads,
+        levels=levels,
     )
+    unknown = set(flags) - set(FLAGS[name])
+    assert not unknown, f"{name} has no flags {unknown}"
     kwargs.update({flag: flags.get(flag, True) for flag in FLAGS[name]})
     cls = CHEAFFusionModule if name == "cheaf" else PSALMFusion
     return cls(**kwargs).eval()
@@ -112,8 +117,10 @@ def rel_diff(a: Tensor, b: Tensor) -> float:
 
 # Float noise in these outputs is ~1e-7 relative. At initialisation CHEAF's support is one key
 # among H·W positions plus a bias on Q, so its effect at P2 is ~1e-4 relative: small but real.
-def assert_all_levels_differ(a: list[Tensor], b: list[Tensor], what: str, tol: float = 1e-5):
-    diffs = {level: rel_diff(x, y) for level, x, y in zip(LEVELS, a, b, strict=True)}
+def assert_all_levels_differ(
+    a: list[Tensor], b: list[Tensor], what: str, tol: float = 1e-5, levels=LEVELS
+):
+    diffs = {level: rel_diff(x, y) for level, x, y in zip(levels, a, b, strict=True)}
     same = [level for level, d in diffs.items() if d <= tol]
     assert not same, f"{what}: no change beyond float noise at {same} (relative diffs {diffs})"
 
@@ -293,7 +300,7 @@ def test_support_none_still_runs_the_attention_path(models, name):
     """Silencing every level's attention output changes the None output: the path is not skipped."""
     query = make_query()
     silenced = copy.deepcopy(models[name])
-    for attention in getattr(silenced, ATTENTIONS[name]):
+    for attention in getattr(silenced, ATTENTIONS[name]).values():
         nn.init.zeros_(attention.out.weight)
         nn.init.zeros_(attention.out.bias)
     assert_all_levels_differ(
@@ -305,7 +312,7 @@ def test_psalm_support_none_is_neutral_modulation(models):
     """None equals a support whose modulation logits are exactly 0 (weights 2·σ(0) = 1)."""
     query, support = make_query(), make_support("maps")
     neutral = copy.deepcopy(models["psalm"])
-    for attention in neutral.attentions:
+    for attention in neutral.attentions.values():
         nn.init.zeros_(attention.modulation.weight)
         nn.init.zeros_(attention.modulation.bias)
     assert_levels_close(
@@ -321,7 +328,7 @@ def test_cheaf_support_none_is_no_token_and_a_zero_concat(models):
     """
     query, support = make_query(), make_support("maps")
     zeroed = copy.deepcopy(models["cheaf"])
-    for attention in zeroed.efficient_attentions:
+    for attention in zeroed.efficient_attentions.values():
         c = attention.support_proj.out_features
         nn.init.zeros_(attention.support_proj.weight)
         nn.init.zeros_(attention.support_proj.bias)
@@ -423,14 +430,15 @@ def _support_weights(model: nn.Module, name: str) -> dict[str, Tensor]:
     """Every weight that multiplies the support (or its projection), by parameter name."""
     if name == "psalm":
         return {
-            f"attentions.{i}.modulation.weight": a.modulation.weight
-            for i, a in enumerate(model.attentions)
+            f"attentions.{level}.modulation.weight": a.modulation.weight
+            for level, a in model.attentions.items()
         }
     weights = {}
-    for i, a in enumerate(model.efficient_attentions):
-        weights[f"efficient_attentions.{i}.support_proj.weight"] = a.support_proj.weight
-        weights[f"efficient_attentions.{i}.query.parts.1.weight"] = a.query.parts[1].weight
-        weights[f"efficient_attentions.{i}.support_key_value.weight"] = a.support_key_value.weight
+    for level, a in model.efficient_attentions.items():
+        prefix = f"efficient_attentions.{level}"
+        weights[f"{prefix}.support_proj.weight"] = a.support_proj.weight
+        weights[f"{prefix}.query.parts.1.weight"] = a.query.parts[1].weight
+        weights[f"{prefix}.support_key_value.weight"] = a.support_key_value.weight
     return weights
 
 
@@ -485,8 +493,14 @@ def _replace(level: int, tensor: Tensor) -> Callable[[list[Tensor]], list[Tensor
 
 # (what, query transform, support transform, exception, message pattern)
 FORWARD_ERRORS = [
-    ("3 query levels", lambda q: q[:3], None, ValueError, r"4 levels \(P2\.\.P5\), got 3"),
-    ("5 query levels", lambda q: q + q[-1:], None, ValueError, r"4 levels \(P2\.\.P5\), got 5"),
+    ("3 query levels", lambda q: q[:3], None, ValueError, r"4 levels \(p2, p3, p4, p5\), got 3"),
+    (
+        "5 query levels",
+        lambda q: q + q[-1:],
+        None,
+        ValueError,
+        r"4 levels \(p2, p3, p4, p5\), got 5",
+    ),
     ("query as one tensor", lambda q: q[0], None, TypeError, r"list of 4 tensors"),
     (
         "query dict without p5",
@@ -577,7 +591,16 @@ def test_bad_inputs_raise_naming_the_level(models, name, query_fn, support_fn, e
 
 
 CONSTRUCTOR_ERRORS = [
-    ("3 query channels", dict(channels=[32, 64, 128]), r"query_channels must list 4 levels"),
+    (
+        "5 query channels",
+        dict(channels=[16, 32, 64, 128, 256]),
+        r"query_channels must list 1 to 4 levels",
+    ),
+    (
+        "3 query channels, 4 out channels",
+        dict(channels=[32, 64, 128]),
+        r"out_channels must list 3 levels \(p3, p4, p5\)",
+    ),
     (
         "5 out channels",
         dict(out_channels=[128, 256, 512, 512, 512]),
@@ -648,7 +671,7 @@ def test_psalm_layernorm_modulation_keeps_the_support_contract() -> None:
         a = run(layernorm, query, support)
         b = run(layernorm, query, [s.roll(1, dims=0) for s in support])
         none = run(layernorm, query, None)
-        for attention in layernorm.attentions:  # a modulation that gives unit weights
+        for attention in layernorm.attentions.values():  # a modulation giving unit weights
             attention.modulation_norm.weight.zero_()
             attention.modulation_norm.bias.zero_()
         unit = run(layernorm, query, support)
@@ -656,3 +679,183 @@ def test_psalm_layernorm_modulation_keeps_the_support_contract() -> None:
     assert_levels_close(none, unit, "None vs unit weights")
     with pytest.raises(ValueError, match="support_modulation"):
         PSALMFusion(support_modulation="softmax")
+
+
+# ----------------------------------------------------------------------------- any run of levels
+# The report's authors build the modules on three levels (P3..P5, [64, 128, 256] → [256, 512, 512],
+# their YOLOv8n + DINOv3 setting), pass support dicts that lack some levels, and count parameters
+# with count_parameters() / get_parameter_count(). A drop-in must take all of that.
+
+THREE_LEVELS = dict(channels=[64, 128, 256], out_channels=[256, 512, 512])
+
+
+def level_dict(levels, channels, batch=2, side=16, seed=0, support=False) -> dict[str, Tensor]:
+    """A query pyramid (or prototypes) keyed by level name, finest level side×side."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        level: torch.randn(batch, c, generator=g)
+        if support
+        else torch.randn(batch, c, side // 2**i, side // 2**i, generator=g)
+        for i, (level, c) in enumerate(zip(levels, channels, strict=True))
+    }
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_three_channel_entries_mean_levels_p3_to_p5(name):
+    model = build(name, **THREE_LEVELS)
+    assert model.levels == ("p3", "p4", "p5")
+    assert set(getattr(model, ATTENTIONS[name])) == {"p3", "p4", "p5"}
+    query = level_dict(model.levels, THREE_LEVELS["channels"])
+    support = level_dict(model.levels, THREE_LEVELS["channels"], seed=1, support=True)
+    out = run(model, query, support)
+    assert list(out) == ["p3", "p4", "p5"]
+    assert [tuple(o.shape) for o in out.values()] == [
+        (2, 256, 16, 16),
+        (2, 512, 8, 8),
+        (2, 512, 4, 4),
+    ]
+    assert_all_levels_differ(
+        list(out.values()), list(run(model, query, None).values()), "support", levels=model.levels
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("levels", [("p2", "p3", "p4"), ("p4", "p5"), ("p5",)])
+def test_named_levels_build_and_run(name, levels):
+    channels = [16 * 2**i for i in range(len(levels))]
+    model = build(name, channels=channels, out_channels=channels, levels=levels)
+    query = level_dict(levels, channels)
+    out = run(model, query, level_dict(levels, channels, seed=1, support=True))
+    assert list(out) == list(levels)
+    assert [o.shape for o in out.values()] == [q.shape for q in query.values()]
+    listed = run(model, list(query.values()), None)  # lists are in level order
+    assert all(
+        torch.equal(a, b) for a, b in zip(listed, run(model, query, None).values(), strict=True)
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    ("levels", "match"),
+    [
+        (("p2", "p4"), r"contiguous"),
+        (("p4", "p3"), r"contiguous"),
+        (("p3", "p6"), r"unknown \['p6'\]"),
+        (("p3", "p4", "p5"), r"names 3 levels but query_channels lists 2"),
+    ],
+)
+def test_bad_level_names_raise(name, levels, match):
+    with pytest.raises(ValueError, match=match):
+        build(name, channels=[32, 64], out_channels=[32, 64], levels=levels)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_query_dict_must_have_the_modules_levels(name):
+    model = build(name, **THREE_LEVELS)
+    query = level_dict(("p2", "p3", "p4", "p5"), [32, *THREE_LEVELS["channels"]], side=32)
+    with pytest.raises(ValueError, match=r"unexpected \['p2'\]"):
+        run(model, query, None)
+    support = level_dict(("p2", "p3"), [32, 64], seed=1, support=True)
+    del query["p2"]
+    with pytest.raises(ValueError, match=r"support_features dict has levels \['p2'\]"):
+        run(model, query, support)
+
+
+# Levels that do not mix after the support enters: PSALM (its pyramid runs before the attention)
+# and CHEAF without the pyramid refinement (which mixes levels after it).
+PER_LEVEL_MODELS = [("psalm", {}), ("cheaf", {"use_pyramid_refinement": False})]
+
+
+@pytest.mark.parametrize(("name", "flags"), PER_LEVEL_MODELS, ids=[n for n, _ in PER_LEVEL_MODELS])
+def test_a_level_missing_from_the_support_is_fused_without_support(name, flags):
+    """The missing level's output is the no-support output; the others keep their support."""
+    model = build(name, **THREE_LEVELS, **flags)
+    query = level_dict(model.levels, THREE_LEVELS["channels"])
+    support = level_dict(model.levels, THREE_LEVELS["channels"], seed=1, support=True)
+    full, none = run(model, query, support), run(model, query, None)
+    partial = run(model, query, {k: v for k, v in support.items() if k != "p3"})
+    torch.testing.assert_close(partial["p3"], none["p3"], rtol=0, atol=0)
+    for level in ("p4", "p5"):
+        torch.testing.assert_close(partial[level], full[level], rtol=0, atol=0)
+    assert_all_levels_differ([full["p3"]], [none["p3"]], "support at p3", levels=["p3"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_missing_none_and_empty_supports_agree(name):
+    """Leaving a level out, giving None for it, and an empty support dict are one thing each."""
+    model = build(name, **THREE_LEVELS)
+    query = level_dict(model.levels, THREE_LEVELS["channels"])
+    support = level_dict(model.levels, THREE_LEVELS["channels"], seed=1, support=True)
+    left_out = run(model, query, {k: v for k, v in support.items() if k != "p4"})
+    as_none = run(model, query, {**support, "p4": None})
+    as_list = run(model, list(query.values()), [support["p3"], None, support["p5"]])
+    for level, x in left_out.items():
+        assert torch.equal(x, as_none[level]) and torch.equal(x, as_list[model.levels.index(level)])
+    empty, none = run(model, query, {}), run(model, query, None)
+    assert all(torch.equal(empty[k], none[k]) for k in model.levels)
+    assert_all_levels_differ(
+        [left_out["p4"]], [run(model, query, support)["p4"]], "p4's support", levels=["p4"]
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_parameter_counts_under_the_authors_names(name):
+    model = build(name, **THREE_LEVELS)
+    total = sum(p.numel() for p in model.parameters())
+    assert model.count_parameters() == total
+    assert model.count_parameters(trainable_only=True) == total
+    frozen = next(iter(getattr(model, ATTENTIONS[name]).values()))
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    assert model.count_parameters() == total
+    assert model.count_parameters(trainable_only=True) == total - count(frozen)
+    stats = model.get_parameter_count()
+    assert stats == {**model.param_breakdown(), "total": total}
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------- frozen reference
+# tests/fixtures/fusion_reference.pt holds both modules' outputs on fixed weights and inputs,
+# written by tests/fixtures/make_fusion_reference.py from the implementation before any speed work
+# (commit c10ac44, whose per-level containers were lists: loading its state dicts also checks that
+# such checkpoints still load). Faster code must reproduce them to float rounding.
+
+REFERENCE = torch.load(
+    Path(__file__).with_name("fixtures") / "fusion_reference.pt", weights_only=True
+)
+
+
+@pytest.mark.parametrize("case", sorted(REFERENCE["cases"]))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_outputs_match_the_frozen_reference(case, layout):
+    name = case.split(":")[0]
+    spec = REFERENCE["cases"][case]
+    cls = CHEAFFusionModule if name == "cheaf" else PSALMFusion
+    model = cls(
+        REFERENCE["channels"],
+        REFERENCE["channels"],
+        REFERENCE["out_channels"],
+        num_heads=REFERENCE["num_heads"],
+        **spec["flags"],
+    ).eval()
+    missing, unexpected = model.load_state_dict(
+        REFERENCE["cases"][f"{name}:full"]["state_dict"], strict=False
+    )
+    assert not missing, f"{case}: parameters missing from the reference: {missing}"
+    if case.endswith(":full"):
+        assert not unexpected, f"{case}: reference keys not loaded: {unexpected}"
+    query = REFERENCE["inputs"]["query"]
+    if layout == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        query = [q.contiguous(memory_format=torch.channels_last) for q in query]
+    for form, expected in spec["outputs"].items():
+        if form == "query_only":
+            with torch.no_grad():
+                got = model.query_only(query)
+        else:
+            got = run(model, query, REFERENCE["inputs"]["support"][form])
+        for level, g, e in zip(LEVELS, got, expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5, msg=f"{case} {form} {level}")

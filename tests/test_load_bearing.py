@@ -82,12 +82,12 @@ def test_query_only_is_the_refinement_of_the_raw_query() -> None:
     query = [torch.randn(2, c, 16 // 2**i, 16 // 2**i) for i, c in enumerate(CHANNELS)]
     psalm, cheaf = _fusion("psalm").eval(), _fusion("cheaf").eval()
     with torch.no_grad():
-        for i, (got_p, got_c) in enumerate(
-            zip(psalm.query_only(query), cheaf.query_only(query), strict=True)
+        for i, (level, got_p, got_c) in enumerate(
+            zip(psalm.levels, psalm.query_only(query), cheaf.query_only(query), strict=True)
         ):
             x = query[i]
-            want_p = psalm.refinement_projectors[i](x) + psalm.residual_projectors[i](x)
-            want_c = cheaf.output_projectors[i](x) + cheaf.residual_projectors[i](x)
+            want_p = psalm.refinement_projectors[level](x) + psalm.residual_projectors[level](x)
+            want_c = cheaf.output_projectors[level](x) + cheaf.residual_projectors[level](x)
             torch.testing.assert_close(got_p, want_p)
             torch.testing.assert_close(got_c, want_c)
 
@@ -150,7 +150,7 @@ def test_diagnostics_on_a_support_blind_fusion_give_zero(glyphs: SyntheticGlyphs
 def test_diagnostics_see_a_fusion_that_uses_its_support(glyphs: SyntheticGlyphs) -> None:
     fusion = _fusion("psalm")
     with torch.no_grad():  # a strong support modulation, as training could make it
-        for attention in fusion.attentions:
+        for attention in fusion.attentions.values():
             attention.modulation.weight.normal_(0, 3.0)
     figures = load_bearing(_detector(fusion=fusion), glyphs, episodes=8, batch_size=4)
     assert figures["fusion_support_ratio"] > 0.05

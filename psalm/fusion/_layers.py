@@ -1,7 +1,8 @@
 """Building blocks shared by CHEAF and PSALM: efficient attention, split 1×1 convs, projections.
 
-Both modules run in whatever memory layout they are given; on CPU, channels-last is several times
-faster for depthwise convolutions (oneDNN), and the token views used by attention are free in it.
+Both modules compute in channels-last whatever layout they are given (``channels_last``): on CPU
+it is several times faster for depthwise convolutions (oneDNN), and the token views used by
+attention are free in it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,50 @@ def efficient_attention(
     if value_weights is not None:
         context = context * value_weights.reshape(b, num_heads, 1, d)
     return torch.einsum("bnhd,bhde->bnhe", q, context).reshape(b, n, c)
+
+
+def modulated_attention(
+    q: Tensor,
+    k: Tensor,
+    x: Tensor,
+    num_heads: int,
+    value: nn.Conv2d,
+    out: nn.Conv2d,
+    value_weights: Tensor | None = None,
+) -> Tensor:
+    """``out(efficient_attention(q, k, value(x), value_weights))`` in two token-sized matmuls.
+
+    q, k, x: (B, N, C) tokens; value, out: 1×1 convs C → C and C → C_out. Returns (B, N, C_out).
+    The same function as projecting V, attending and projecting the result, reassociated:
+    the key softmax sums to 1 over positions, so ``softmax(K)ᵀ V = (softmax(K)ᵀ X) W_vᵀ + b_v``,
+    and the output projection folds into each sample's context, ``out(Q·ctx) = Q·(ctx W_oᵀ) + b_o``.
+    Neither V nor the attended values are built: per forward, two (N × C) × (C × C) products
+    instead of four N-sized passes, with no memory-layout conversions on channels-last inputs.
+    """
+    b, n, c = q.shape
+    d = c // num_heads
+    c_out = out.out_channels
+    q = q.reshape(b, n, num_heads, d).softmax(dim=3).reshape(b, n, c)  # over a head's channels
+    k = k.reshape(b, n, num_heads, d).softmax(dim=1).reshape(b, n, c)  # over positions
+    kx = torch.bmm(k.transpose(1, 2), x).view(b, num_heads, d, c)  # (B, h, d_k, C)
+    w_v = value.weight.reshape(num_heads, d, c)  # (h, d_v, C)
+    context = torch.einsum("bhic,hec->bhie", kx, w_v) + value.bias.view(1, num_heads, 1, d)
+    if value_weights is not None:  # (B, C): scales the context's value columns
+        context = context * value_weights.view(b, num_heads, 1, d)
+    w_o = out.weight.reshape(c_out, num_heads, d)  # (C_out, h, d_v)
+    folded = torch.einsum("bhie,ohe->bhio", context, w_o).reshape(b, c, c_out)
+    return torch.baddbmm(out.bias.view(1, 1, c_out), q, folded)  # (B, N, C_out)
+
+
+def channels_last(xs: list[Tensor]) -> list[Tensor]:
+    """The maps in channels-last layout (a no-op for maps already in it).
+
+    Both modules compute in channels-last whatever layout they are given: on CPU it is several
+    times faster for depthwise convs (oneDNN), the token views the attention uses are free in it,
+    and no op mixes layouts (an add of a channels-last and a contiguous map is ~3× slower than
+    either alone). Outputs come back channels-last; their values do not depend on the layout.
+    """
+    return [x.contiguous(memory_format=torch.channels_last) for x in xs]
 
 
 class SplitPointwise(nn.Module):
@@ -120,3 +165,17 @@ class ResidualTracer:
     def add(self, tag: str, x: Tensor, skip: Tensor) -> Tensor:
         self.seen.add(tag)
         return x + skip
+
+
+class ParameterCounts:
+    """Parameter counts under the names the report's authors' modules use, beside
+    ``param_breakdown()`` (which the subclass defines: its components sum to the total)."""
+
+    def count_parameters(self, trainable_only: bool = False) -> int:
+        """All parameters, or only those with ``requires_grad``."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def get_parameter_count(self) -> dict[str, int]:
+        """``param_breakdown()`` plus its ``total``."""
+        breakdown = self.param_breakdown()
+        return {**breakdown, "total": sum(breakdown.values())}

@@ -37,18 +37,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psalm.fusion._inputs import (
-    LEVEL_NAMES,
+    accept_level_indexed_keys,
     as_level_list,
     check_channel_config,
     check_query,
     count_params,
+    per_level,
     pool_support,
+    resolve_levels,
     restore_format,
 )
 from psalm.fusion._layers import (
     DepthwiseSeparable,
+    ParameterCounts,
     ResidualTracer,
     SplitPointwise,
+    channels_last,
     efficient_attention,
     from_tokens,
     group_norm,
@@ -192,11 +196,22 @@ class PyramidRefinement(nn.Module):
         return out
 
 
-class CHEAFFusionModule(nn.Module):
-    """CHEAF query–support fusion over a P2..P5 pyramid (the report's baseline).
+class CHEAFFusionModule(ParameterCounts, nn.Module):
+    """CHEAF query–support fusion over a run of pyramid levels (the report's baseline).
 
-    ``forward(query_features, support_features)``: same contract as ``PSALMFusion``.
+    ``forward(query_features, support_features)``: same contract as ``PSALMFusion``. A level
+    without support (left out of a support dict, or ``None``) is fused as with
+    ``support_features=None``: no support token, zeros in the support's half of the concat.
     """
+
+    # per-level containers, keyed by level name
+    _PER_LEVEL = (
+        "efficient_attentions",
+        "short_long_convs",
+        "branch_fusion",
+        "output_projectors",
+        "residual_projectors",
+    )
 
     def __init__(
         self,
@@ -206,11 +221,15 @@ class CHEAFFusionModule(nn.Module):
         num_heads: int = 4,
         use_pyramid_refinement: bool = True,
         use_short_long_conv: bool = True,
+        levels: Sequence[str] | None = None,
     ) -> None:
+        """``levels``: the pyramid levels the channel lists describe, a contiguous run out of
+        p2..p5; by default the last ``len(query_channels)`` (three entries: p3, p4, p5)."""
         super().__init__()
-        check_channel_config(query_channels, support_channels, out_channels, num_heads)
+        self.levels = resolve_levels(levels, len(query_channels))
+        check_channel_config(self.levels, query_channels, support_channels, out_channels, num_heads)
         if use_short_long_conv:
-            for level, ch in zip(LEVEL_NAMES, query_channels, strict=True):
+            for level, ch in zip(self.levels, query_channels, strict=True):
                 if ch % 2:
                     raise ValueError(
                         f"query_channels at level {level} ({ch}) must be even: CHEAF's branch "
@@ -222,53 +241,61 @@ class CHEAFFusionModule(nn.Module):
         self.use_pyramid_refinement = use_pyramid_refinement
         self.use_short_long_conv = use_short_long_conv
         pairs = list(zip(query_channels, support_channels, strict=True))
-        self.efficient_attentions = nn.ModuleList(
-            ConcatEfficientAttention(c, s, num_heads) for c, s in pairs
+        self.efficient_attentions = per_level(
+            self.levels, (ConcatEfficientAttention(c, s, num_heads) for c, s in pairs)
         )
         self.short_long_convs = (
-            nn.ModuleList(ShortLongConv(c) for c in query_channels) if use_short_long_conv else None
+            per_level(self.levels, (ShortLongConv(c) for c in query_channels))
+            if use_short_long_conv
+            else None
         )
         self.branch_fusion = (
-            nn.ModuleList(BranchFusion(c) for c in query_channels) if use_short_long_conv else None
+            per_level(self.levels, (BranchFusion(c) for c in query_channels))
+            if use_short_long_conv
+            else None
         )
         self.pyramid_refinement = (
             PyramidRefinement(query_channels) if use_pyramid_refinement else None
         )
         outs = list(zip(query_channels, out_channels, strict=True))
-        self.output_projectors = nn.ModuleList(DepthwiseSeparable(c, o) for c, o in outs)
+        self.output_projectors = per_level(self.levels, (DepthwiseSeparable(c, o) for c, o in outs))
         # R4's projector is grouped (4 groups where the widths allow): the report's table gives
         # CHEAF's residual projectors a third of the parameters of a full 1×1 projection
-        self.residual_projectors = nn.ModuleList(
-            nn.Conv2d(c, o, 1, groups=_residual_groups(c, o)) for c, o in outs
+        self.residual_projectors = per_level(
+            self.levels, (nn.Conv2d(c, o, 1, groups=_residual_groups(c, o)) for c, o in outs)
         )
         self.last_residuals: set[str] = set()
+        accept_level_indexed_keys(self, self._PER_LEVEL)
 
     def forward(
         self,
         query_features: Sequence[Tensor] | Mapping[str, Tensor],
         support_features: Sequence[Tensor] | Mapping[str, Tensor] | None = None,
     ) -> list[Tensor] | dict[str, Tensor]:
-        query = as_level_list(query_features, "query_features")
-        check_query(query, self.query_channels)
-        support = pool_support(support_features, self.support_channels, query[0].shape[0])
+        query = as_level_list(query_features, "query_features", self.levels)
+        check_query(query, self.query_channels, self.levels)
+        support = pool_support(
+            support_features, self.support_channels, query[0].shape[0], self.levels
+        )
+        query = channels_last(query)
         trace = ResidualTracer()
         fused = []
-        for i, x in enumerate(query):
+        for i, (level, x) in enumerate(zip(self.levels, query, strict=True)):
             s = None if support is None else support[i]
-            attended = trace.add("R1", self.efficient_attentions[i](x, s), x)
+            attended = trace.add("R1", self.efficient_attentions[level](x, s), x)
             if self.short_long_convs is not None:
-                conv = self.short_long_convs[i](x)
-                attended = trace.add("R2", self.branch_fusion[i](attended, conv), x)
+                conv = self.short_long_convs[level](x)
+                attended = trace.add("R2", self.branch_fusion[level](attended, conv), x)
             fused.append(attended)
         if self.pyramid_refinement is not None:
             refined = self.pyramid_refinement(fused)
             fused = [trace.add("R3", r, f) for r, f in zip(refined, fused, strict=True)]
         outputs = [
-            trace.add("R4", self.output_projectors[i](f), self.residual_projectors[i](x))
-            for i, (f, x) in enumerate(zip(fused, query, strict=True))
+            trace.add("R4", self.output_projectors[level](f), self.residual_projectors[level](x))
+            for level, f, x in zip(self.levels, fused, query, strict=True)
         ]
         self.last_residuals = trace.seen
-        return restore_format(outputs, query_features)
+        return restore_format(outputs, query_features, self.levels)
 
     def query_only(
         self, query_features: Sequence[Tensor] | Mapping[str, Tensor]
@@ -278,15 +305,14 @@ class CHEAFFusionModule(nn.Module):
         (``output_projectors[i](x) + residual_projectors[i](x)``). The per-scale fusion (attention
         and short-long branches) and the pyramid refinement are skipped; the support cannot
         reach the output."""
-        query = as_level_list(query_features, "query_features")
-        check_query(query, self.query_channels)
+        query = as_level_list(query_features, "query_features", self.levels)
+        check_query(query, self.query_channels, self.levels)
+        query = channels_last(query)
         outputs = [
-            project(x) + residual(x)
-            for project, residual, x in zip(
-                self.output_projectors, self.residual_projectors, query, strict=True
-            )
+            self.output_projectors[level](x) + self.residual_projectors[level](x)
+            for level, x in zip(self.levels, query, strict=True)
         ]
-        return restore_format(outputs, query_features)
+        return restore_format(outputs, query_features, self.levels)
 
     def param_breakdown(self) -> dict[str, int]:
         """Parameters per component of the report's CHEAF table; the values sum to the total."""

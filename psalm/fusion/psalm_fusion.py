@@ -28,19 +28,23 @@ import torch
 from torch import Tensor, nn
 
 from psalm.fusion._inputs import (
-    LEVEL_NAMES,
+    accept_level_indexed_keys,
     as_level_list,
     check_channel_config,
     check_query,
     count_params,
+    per_level,
     pool_support,
+    resolve_levels,
     restore_format,
 )
 from psalm.fusion._layers import (
     DepthwiseSeparable,
+    ParameterCounts,
     ResidualTracer,
-    efficient_attention,
+    channels_last,
     from_tokens,
+    modulated_attention,
     to_tokens,
     upsample_to,
 )
@@ -49,7 +53,7 @@ from psalm.fusion._layers import (
 class PyramidEnrichment(nn.Module):
     """Lightweight top-down + bottom-up pass over P2..P5 (depthwise convs, no gates)."""
 
-    def __init__(self, channels: Sequence[int]) -> None:
+    def __init__(self, channels: Sequence[int], levels: Sequence[str]) -> None:
         super().__init__()
         n = len(channels)
         # top-down: level i receives level i+1 through a 1×1 lateral projection
@@ -65,8 +69,8 @@ class PyramidEnrichment(nn.Module):
         for i in range(1, n):
             if channels[i] % channels[i - 1]:
                 raise ValueError(
-                    f"query_channels at level {LEVEL_NAMES[i]} ({channels[i]}) must be a multiple "
-                    f"of level {LEVEL_NAMES[i - 1]}'s ({channels[i - 1]}): PSALM's depthwise "
+                    f"query_channels at level {levels[i]} ({channels[i]}) must be a multiple "
+                    f"of level {levels[i - 1]}'s ({channels[i - 1]}): PSALM's depthwise "
                     "bottom-up path widens each level by a channel multiplier"
                 )
         self.down = nn.ModuleList(
@@ -128,28 +132,33 @@ class ModulatedAttention(nn.Module):
 
     def forward(self, x: Tensor, support: Tensor | None) -> Tensor:
         h, w = x.shape[-2:]
-        q = self.q_conv(x) if self.q_conv is not None else x
-        k = self.k_conv(x) if self.k_conv is not None else x
-        v = self.value(x)
+        tokens = to_tokens(x)
+        q = to_tokens(self.q_conv(x)) if self.q_conv is not None else tokens
+        k = to_tokens(self.k_conv(x)) if self.k_conv is not None else tokens
         weights = None  # (B, C) or None: neutral
         if support is not None:
             logits = self.modulation(support)
             if self.modulation_norm is not None:
                 logits = self.modulation_norm(logits)
             weights = 2 * torch.sigmoid(logits)
-        attended = efficient_attention(
-            to_tokens(q), to_tokens(k), to_tokens(v), self.num_heads, value_weights=weights
+        # out(efficient attention with V = value(x)), computed without building V
+        attended = modulated_attention(
+            q, k, tokens, self.num_heads, self.value, self.out, value_weights=weights
         )
-        return self.out(from_tokens(attended, h, w))
+        return from_tokens(attended, h, w)
 
 
-class PSALMFusion(nn.Module):
-    """PSALM query–support fusion over a P2..P5 pyramid (drop-in replacement for CHEAF).
+class PSALMFusion(ParameterCounts, nn.Module):
+    """PSALM query–support fusion over a run of pyramid levels (drop-in replacement for CHEAF).
 
     ``forward(query_features, support_features)``: see ``psalm/fusion/_inputs.py`` for the
     accepted forms; returns one ``(B, out_channels[i], H_i, W_i)`` map per level (a dict if the
-    query was a dict).
+    query was a dict). A level without support (left out of a support dict, or ``None``) gets
+    neutral modulation, as with ``support_features=None``.
     """
+
+    # per-level containers, keyed by level name
+    _PER_LEVEL = ("attentions", "refinement_projectors", "residual_projectors")
 
     def __init__(
         self,
@@ -160,9 +169,13 @@ class PSALMFusion(nn.Module):
         use_pyramid: bool = True,
         use_conv_preprocessing: bool = True,
         support_modulation: str = "sigmoid",
+        levels: Sequence[str] | None = None,
     ) -> None:
+        """``levels``: the pyramid levels the channel lists describe, a contiguous run out of
+        p2..p5; by default the last ``len(query_channels)`` (three entries: p3, p4, p5)."""
         super().__init__()
-        check_channel_config(query_channels, support_channels, out_channels, num_heads)
+        self.levels = resolve_levels(levels, len(query_channels))
+        check_channel_config(self.levels, query_channels, support_channels, out_channels, num_heads)
         if support_modulation not in SUPPORT_MODULATIONS:
             raise ValueError(
                 f"support_modulation must be one of {SUPPORT_MODULATIONS}, "
@@ -174,37 +187,43 @@ class PSALMFusion(nn.Module):
         self.out_channels = list(out_channels)
         self.use_pyramid = use_pyramid
         self.use_conv_preprocessing = use_conv_preprocessing
-        self.pyramid = PyramidEnrichment(query_channels) if use_pyramid else None
-        self.attentions = nn.ModuleList(
-            ModulatedAttention(c, s, num_heads, use_conv_preprocessing, support_modulation)
-            for c, s in zip(query_channels, support_channels, strict=True)
+        self.pyramid = PyramidEnrichment(query_channels, self.levels) if use_pyramid else None
+        self.attentions = per_level(
+            self.levels,
+            (
+                ModulatedAttention(c, s, num_heads, use_conv_preprocessing, support_modulation)
+                for c, s in zip(query_channels, support_channels, strict=True)
+            ),
         )
-        self.refinement_projectors = nn.ModuleList(
-            DepthwiseSeparable(c, o) for c, o in zip(query_channels, out_channels, strict=True)
+        outs = list(zip(query_channels, out_channels, strict=True))
+        self.refinement_projectors = per_level(
+            self.levels, (DepthwiseSeparable(c, o) for c, o in outs)
         )
-        self.residual_projectors = nn.ModuleList(
-            nn.Conv2d(c, o, 1) for c, o in zip(query_channels, out_channels, strict=True)
-        )
+        self.residual_projectors = per_level(self.levels, (nn.Conv2d(c, o, 1) for c, o in outs))
         self.last_residuals: set[str] = set()
+        accept_level_indexed_keys(self, self._PER_LEVEL)
 
     def forward(
         self,
         query_features: Sequence[Tensor] | Mapping[str, Tensor],
         support_features: Sequence[Tensor] | Mapping[str, Tensor] | None = None,
     ) -> list[Tensor] | dict[str, Tensor]:
-        query = as_level_list(query_features, "query_features")
-        check_query(query, self.query_channels)
-        support = pool_support(support_features, self.support_channels, query[0].shape[0])
+        query = as_level_list(query_features, "query_features", self.levels)
+        check_query(query, self.query_channels, self.levels)
+        support = pool_support(
+            support_features, self.support_channels, query[0].shape[0], self.levels
+        )
+        query = channels_last(query)
         trace = ResidualTracer()
         enriched = self.pyramid(query) if self.pyramid is not None else query
         outputs = []
-        for i, (x, e) in enumerate(zip(query, enriched, strict=True)):
+        for i, (level, x, e) in enumerate(zip(self.levels, query, enriched, strict=True)):
             s = None if support is None else support[i]
-            attended = trace.add("R1", self.attentions[i](e, s), e)
-            refined = self.refinement_projectors[i](attended)
-            outputs.append(trace.add("R2", refined, self.residual_projectors[i](x)))
+            attended = trace.add("R1", self.attentions[level](e, s), e)
+            refined = self.refinement_projectors[level](attended)
+            outputs.append(trace.add("R2", refined, self.residual_projectors[level](x)))
         self.last_residuals = trace.seen
-        return restore_format(outputs, query_features)
+        return restore_format(outputs, query_features, self.levels)
 
     def query_only(
         self, query_features: Sequence[Tensor] | Mapping[str, Tensor]
@@ -213,15 +232,14 @@ class PSALMFusion(nn.Module):
         ("bypass"): per level, refinement of the raw query plus R2's projection of it
         (``refinement_projectors[i](x) + residual_projectors[i](x)``). Pyramid enrichment and
         the modulated attention are skipped; the support cannot reach the output."""
-        query = as_level_list(query_features, "query_features")
-        check_query(query, self.query_channels)
+        query = as_level_list(query_features, "query_features", self.levels)
+        check_query(query, self.query_channels, self.levels)
+        query = channels_last(query)
         outputs = [
-            refine(x) + project(x)
-            for refine, project, x in zip(
-                self.refinement_projectors, self.residual_projectors, query, strict=True
-            )
+            self.refinement_projectors[level](x) + self.residual_projectors[level](x)
+            for level, x in zip(self.levels, query, strict=True)
         ]
-        return restore_format(outputs, query_features)
+        return restore_format(outputs, query_features, self.levels)
 
     def param_breakdown(self) -> dict[str, int]:
         """Parameters per component of the report's PSALM table; the values sum to the total."""
