@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from analysis.arms import parse_parts, parse_removes
 from analysis.sequential import SeedSchedule
-from pipeline.config import CONF_DIR, ConfigError
+from pipeline.config import CONF_DIR, REPO_ROOT, ConfigError, RunSpec, make_spec
+from pipeline.run import check_spec
 
 STUDY_DIR = CONF_DIR / "ablation"
 ALL = "all"  # the union of every study file, with shared baselines
@@ -74,7 +76,7 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
     removes: dict[str, str] = {}
     parts: dict[str, dict[str, str]] = {}
     auto = False
-    limits = {"seeds_max": 0, "seeds_batch": 0}
+    limits: dict[str, object] = {"seeds_max": None, "seeds_batch": None}
     for n in names:
         path = STUDY_DIR / f"{n}.yaml"
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
@@ -87,7 +89,8 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
         else:
             seeds += [s for s in raw["seeds"] if s not in seeds]
         for key in limits:
-            limits[key] = max(limits[key], int(raw.get(key) or 0))
+            if raw.get(key) is not None:
+                limits[key] = max(int(limits[key] or 0), int(raw[key]))
         study_arms = set(raw["eval_variants"] or {})
         for model, arms in (raw["variants"] or {}).items():
             for arm, ovr in arms.items():
@@ -113,8 +116,7 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
     if seeds == AUTO:
         try:
             schedule = SeedSchedule(
-                seeds_batch=int(limits["seeds_batch"] or SeedSchedule.seeds_batch),
-                seeds_max=int(limits["seeds_max"] or SeedSchedule.seeds_max),
+                **{key: int(value) for key, value in limits.items() if value is not None}
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"seeds=auto: {exc} (set seeds_max= / seeds_batch=)") from exc
@@ -145,3 +147,97 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
         parts=parts,
         schedule=schedule,
     )
+
+
+def study_id(study: Study, run_overrides: Sequence[str]) -> str:
+    """The study's name in MLflow (tag ``study``): ``<name>-<profile>``, or ``label.study=…``."""
+    explicit = [o.split("=", 1)[1] for o in run_overrides if o.startswith("label.study=")]
+    if explicit:
+        return explicit[-1]
+    probe = make_spec([f"model={study.models[0]}", *_without_study(run_overrides)])
+    profile = probe.config.get("profile", "default")
+    sid = f"{'ablations' if study.name == ALL else study.name}-{profile}"
+    # a tuned model file (e.g. psalm_tuned from a sweep) makes another study, not more seeds
+    tuned = [m for m in study.models if m != model_name(m)]
+    return "-".join([sid, *tuned])
+
+
+def model_name(group: str) -> str:
+    """The fusion module a model config (``conf/model/<group>.yaml``) uses: its ``name``."""
+    return str(OmegaConf.load(CONF_DIR / "model" / f"{group}.yaml").name)
+
+
+def _without_study(overrides: Sequence[str]) -> list[str]:
+    return [o for o in overrides if not o.startswith("label.study=")]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The expanded study: training specs, then evaluation specs (which need trained baselines)."""
+
+    study: str
+    train: tuple[RunSpec, ...]
+    evaluate: tuple[RunSpec, ...]
+
+    @property
+    def all(self) -> tuple[RunSpec, ...]:
+        return self.train + self.evaluate
+
+
+def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
+    """Every run spec of the study, validated. Raises ``ConfigError`` naming the bad cell."""
+    sid = study_id(study, run_overrides)
+    base_overrides = [*_without_study(run_overrides), f"label.study={sid}"]
+    train: list[RunSpec] = []
+    evaluate: list[RunSpec] = []
+    errors: list[str] = []
+    for model in study.models:
+        model_variants = study.variants.get(model_name(model), {})
+        baseline_ablations = ",".join(study.ablations)
+        for seed in study.seeds:
+            common = [f"model={model}", f"seed={seed}", *base_overrides]
+            try:
+                baseline = make_spec(
+                    [*common, f"label.ablation='{baseline_ablations}'", "label.arm=baseline"]
+                )
+                check_spec(baseline)
+            except (ConfigError, ValueError, OSError) as exc:
+                errors.append(f"{model}/baseline/seed{seed}: {exc}")
+                continue
+            train.append(baseline)
+            for arm, ovr in model_variants.items():
+                ablation = study.arm_ablation[arm]
+                try:
+                    spec = make_spec(
+                        [*common, *ovr, f"label.ablation={ablation}", f"label.arm={arm}"]
+                    )
+                except (ConfigError, ValueError) as exc:
+                    errors.append(f"{model}/{arm}/seed{seed}: {exc}")
+                    continue
+                if spec.config_hash == baseline.config_hash:
+                    errors.append(
+                        f"{model}/{arm}/seed{seed}: overrides {list(ovr)} leave the config "
+                        "identical to the baseline's, so the ablation would not take effect"
+                    )
+                    continue
+                train.append(spec)
+            for arm, (ablation, mode) in study.eval_variants.items():
+                spec = make_spec(
+                    [*common, f"label.ablation={ablation}", f"label.arm={arm}"],
+                    kind="eval",
+                    eval_mode=mode,
+                    eval_of=baseline.config_hash,
+                )
+                evaluate.append(spec)
+    if errors:
+        raise ConfigError(
+            f"study {study.name!r}: {len(errors)} invalid run(s), nothing dispatched:\n  - "
+            + "\n  - ".join(errors)
+        )
+    return Plan(study=sid, train=tuple(train), evaluate=tuple(evaluate))
+
+
+def study_folder(study: str, output_dir: str | Path = "runs") -> Path:
+    """Where a study's dispatch files and job logs live: ``<output_dir>/studies/<study>``."""
+    root = Path(output_dir)
+    return (root if root.is_absolute() else REPO_ROOT / root) / "studies" / study

@@ -208,7 +208,10 @@ def log_to_mlflow(tracking_uri: str, runs: list[Planted], histories: bool = True
     for i, r in enumerate(runs):
         name = "other" if r.study == "shared" else "psalm"
         if name not in experiments:
-            experiments[name] = client.create_experiment(name)
+            existing = client.get_experiment_by_name(name)
+            experiments[name] = (
+                existing.experiment_id if existing else client.create_experiment(name)
+            )
         tags = _tags(r, runs)
         if "eval_of" in tags:
             tags["eval_of"] = real_ids[tags["eval_of"]]
