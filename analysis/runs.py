@@ -31,6 +31,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CONTRACT_TAGS = ("study", "ablation", "arm", "model", "seed", "config_hash", "git_sha", "profile")
 BASELINE_ARM = "baseline"
 STUDY_RUN_KIND = "study"  # tag ``kind`` of a study's parent run (verdict table, plots, design)
+SUMMARY_TAG = "summary_of"  # the parent run's tag naming its study (it has no ``study`` tag)
 INFO_COLUMNS = ("run_id", "run_name", "experiment_id", "status", "start_time", "end_time")
 RUN_COLUMNS = (*INFO_COLUMNS, *CONTRACT_TAGS, "eval_of", "ablations")
 
@@ -73,9 +74,11 @@ def list_studies(tracking_uri: str | None = None) -> list[str]:
 
 
 def find_study_run(study: str, tracking_uri: str | None = None):
-    """The parent run of a study (tags ``kind=study``, ``study=<study>``), or None."""
+    """The parent run of a study (tags ``kind=study``, ``summary_of=<study>``), or None."""
     client, _ = _client(tracking_uri)
-    runs = _search(client, f"tags.study = {_quote(study)} and tags.kind = '{STUDY_RUN_KIND}'")
+    runs = _search(
+        client, f"tags.{SUMMARY_TAG} = {_quote(study)} and tags.kind = '{STUDY_RUN_KIND}'"
+    )
     return max(runs, key=lambda r: r.info.start_time) if runs else None
 
 

@@ -1,12 +1,12 @@
 """A study's parent run in MLflow: its design, verdict table and delta plots in one place.
 
-Sweeps get a parent run (``kind=sweep``); a study gets one too (tags ``kind=study``,
-``study=<study>``), so the MLflow UI alone shows a study: tags say how its seeds were chosen
-(``seeds=auto`` with ``seeds_start``/``seeds_batch``/``seeds_max``, or the fixed list; tags, not
-params, because a study run again with other seeds must be able to say so), the
-artifacts hold ``verdicts.json`` (``MlflowClient.log_table``) and one ``deltas/<ablation>.png``
-per ablation (``MlflowClient.log_figure``). ``analysis.runs.load_runs`` leaves the parent run
-out of the study's runs; ``analysis.runs.load_study_design`` reads its design back.
+Sweeps get a parent run (``kind=sweep``); a study gets one too, so the MLflow UI alone shows a
+study. Its tags: ``kind=study`` and ``summary_of=<study>`` (not ``study=``, so whoever lists a
+study's runs by that tag never sees it; search ``tags.summary_of = '<study>'`` in the UI), and
+how its seeds were chosen (``seeds=auto`` with ``seeds_start``/``seeds_batch``/``seeds_max``, or
+the fixed list; tags, not params, because a study run again with other seeds must say so). Its
+artifacts: ``verdicts.json`` (``MlflowClient.log_table``) and one ``deltas/<ablation>.png`` per
+ablation (``MlflowClient.log_figure``). ``analysis.runs.load_study_design`` reads the design back.
 
 ``open_study_run`` finds the parent run again (a study run again, or reported again, updates it)
 or creates it; ``publish_study`` writes the table and plots.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from analysis.runs import STUDY_RUN_KIND, _client, find_study_run
+from analysis.runs import STUDY_RUN_KIND, SUMMARY_TAG, _client, find_study_run
 from analysis.sequential import SeedSchedule
 from analysis.study import StudyAnalysis
 
@@ -54,7 +54,7 @@ def open_study_run(
         run = client.create_run(
             experiment_id,
             run_name=f"study {study}",
-            tags={"kind": STUDY_RUN_KIND, "study": study, **(default_design or {})},
+            tags={"kind": STUDY_RUN_KIND, SUMMARY_TAG: study, **(default_design or {})},
         )
         run_id = run.info.run_id
         client.set_terminated(run_id, "FINISHED")
