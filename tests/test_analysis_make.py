@@ -23,7 +23,7 @@ def _make(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,  # a loaded 2-core machine took minutes just to import the analysis
     )
 
 
