@@ -22,7 +22,7 @@ MODEL ?= psalm
 OPTUNA_STORAGE ?= sqlite:///optuna.db
 #? Port of optuna-dashboard (127.0.0.1 only)
 OPTUNA_PORT ?= 8080
-#? Study name for report / ablation-status / ablation-cancel: <ablation>-<profile>, e.g. pyramid-default
+#? Study name for report / notebook / ablation-status / ablation-cancel: <ablation>-<profile>, e.g. pyramid-default
 STUDY ?=
 #? Studies to compare: make compare A=... B=...
 A ?=
@@ -43,7 +43,7 @@ TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 .PHONY: help setup test lint format benchmark train evaluate \
 	ablation-pyramid ablation-conv ablation-support ablations ablation-status ablation-cancel \
 	sweep sweep-status optuna-dashboard postgres-up postgres-down \
-	report compare mlflow-ui slurm-up slurm-down clean distclean
+	report notebook compare mlflow-ui slurm-up slurm-down clean distclean
 
 ##@ General
 
@@ -130,13 +130,26 @@ optuna-dashboard: $(STAMP) ## optuna-dashboard on 127.0.0.1:OPTUNA_PORT over OPT
 
 ##@ Results
 
-report: $(STAMP) ## Verdict table, plots and dashboard of a study (STUDY=...)
-	@test -n "$(STUDY)" || { echo "make report: set STUDY, e.g. make report STUDY=pyramid" >&2; exit 2; }
-	$(PY) -m analysis report $(STUDY) $(ARGS)
+# A value as one shell word in single quotes ('it'\''s'): safe for any character but a newline.
+quote = '$(subst ','\'',$(1))'
 
-compare: $(STAMP) ## Compare two studies or runs (A=... B=...)
-	@test -n "$(A)" -a -n "$(B)" || { echo "make compare: set A and B, e.g. make compare A=x B=y" >&2; exit 2; }
-	$(PY) -m analysis compare $(A) $(B) $(ARGS)
+report: $(STAMP) ## Verdict table, plots and dashboard of a study (STUDY=...; without it, lists the studies)
+	@if [ -z $(call quote,$(STUDY)) ]; then \
+		echo "make report: set STUDY to one of the studies in the store, e.g. make report STUDY=<name>:" >&2; \
+		$(PY) -m analysis studies $(ARGS); exit 2; fi
+	$(PY) -m analysis report $(call quote,$(STUDY)) $(ARGS)
+
+notebook: $(STAMP) ## Run the ablation notebook (papermill) for STUDY=...; writes it and an HTML copy beside the dashboard
+	@if [ -z $(call quote,$(STUDY)) ]; then \
+		echo "make notebook: set STUDY to one of the studies in the store, e.g. make notebook STUDY=<name>:" >&2; \
+		$(PY) -m analysis studies $(ARGS); exit 2; fi
+	$(PY) -m analysis notebook $(call quote,$(STUDY)) $(ARGS)
+
+compare: $(STAMP) ## Compare two studies (A=... B=...); warns when both are the same study
+	@if [ -z $(call quote,$(A)) ] || [ -z $(call quote,$(B)) ]; then \
+		echo "make compare: set A and B to two studies in the store, e.g. make compare A=<study> B=<other study>:" >&2; \
+		$(PY) -m analysis studies $(ARGS); exit 2; fi
+	$(PY) -m analysis compare $(call quote,$(A)) $(call quote,$(B)) $(ARGS)
 
 mlflow-ui: $(STAMP) ## MLflow UI on 127.0.0.1:MLFLOW_PORT over MLFLOW_TRACKING_URI
 	@case "$(MLFLOW_TRACKING_URI)" in \

@@ -68,6 +68,8 @@ def _run(args: argparse.Namespace) -> int:
     run_overrides = [o for o in args.overrides if o.split("=", 1)[0] not in STUDY_KEYS]
     t0 = time.perf_counter()
     study = load_study(args.name, study_overrides)
+    if study.schedule is not None:  # seeds=auto
+        return run_adaptive(args, study, study_overrides, run_overrides)
     plan = expand(study, run_overrides)
     first = plan.all[0]
     drifted = _drift(plan, first.config["output_dir"])
@@ -235,6 +237,60 @@ def _cell(spec: RunSpec) -> str:
     return f"{spec.label}" + (f" ({spec.eval_mode} eval)" if spec.kind == "eval" else "")
 
 
+def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[str]) -> int:
+    """``seeds=auto``: run the study in rounds, adding seeds to the models with an unsettled
+    verdict, until every judged arm is settled or has ``seeds_max`` seeds
+    (``analysis.sequential``: the verdicts are read with anytime-valid intervals, so looking
+    after every round does not inflate their error rate).
+
+    Each round is an ordinary ``run`` with explicit ``models=`` and ``seeds=``; finished runs
+    are never repeated, so an interrupted adaptive study resumes where it stopped.
+    """
+    from ablations.study import model_name
+    from analysis import analyze_study
+    from analysis.sequential import SeedSchedule
+    from analysis.study_run import design_params, open_study_run, publish_study
+
+    schedule: SeedSchedule = study.schedule
+    if args.no_wait:
+        print(
+            "error: seeds=auto reads each round's verdicts, so it cannot --no-wait", file=sys.stderr
+        )
+        return 2
+    plan = expand(study, run_overrides)
+    uri = tracking_uri(plan.all[0].config["tracking"]["uri"])
+    Tracker(uri, plan.all[0].config["tracking"]["experiment"])  # creates the store if new
+    open_study_run(plan.study, uri, design_params(schedule))
+    others = [o for o in study_overrides if o.split("=", 1)[0] not in STUDY_KEYS]
+    seeds = {model: schedule.seeds_start for model in study.models}
+    t0 = time.perf_counter()
+    for round_ in range(1, len(schedule.looks()) + 1):
+        todo = sorted(m for m, n in seeds.items() if n)
+        print(f"seeds=auto round {round_}: {', '.join(f'{m} → {seeds[m]} seeds' for m in todo)}")
+        for count in sorted({seeds[m] for m in todo}):
+            models = [m for m in todo if seeds[m] == count]
+            argv = [f"models=[{','.join(models)}]", f"seeds=[{','.join(map(str, range(count)))}]"]
+            rc = _run(
+                argparse.Namespace(**{**vars(args), "overrides": [*argv, *others, *run_overrides]})
+            )
+            if rc:
+                return rc
+        verdicts = analyze_study(plan.study, tracking_uri=uri).verdicts
+        for model in todo:
+            stops = verdicts.loc[verdicts["model"] == model_name(model), "stop"]
+            unsettled = stops.str.startswith("unsettled").any()
+            seeds[model] = schedule.next_count(seeds[model]) if unsettled else 0
+        if not any(seeds.values()):
+            break
+    result = analyze_study(plan.study, tracking_uri=uri)
+    publish_study(result)
+    minutes = (time.perf_counter() - t0) / 60
+    print(f"\nseeds=auto done in {minutes:.1f} min; seeds per arm and why they stopped:")
+    for row in result.verdicts.itertuples():
+        print(f"  {row.model:<6} {row.arm:<18} n={row.n:<3} {row.stop}: {row.verdict}")
+    return 0
+
+
 def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[list, list, int, int]:
     """The specs still to run, the number FINISHED and the number held by a live process (those
     are dispatched too: their job waits for the cell's lease, then finds the run finished);
@@ -266,7 +322,9 @@ def print_results(study: str, uri: str) -> None:
     print()
     print(format_verdicts(result.verdicts))
     path = write_dashboard(result)
-    print(f"\ndashboard: {path}")
+    from analysis.study_run import publish_study
+
+    print(f"\ndashboard: {path}\nMLflow parent run of the study: {publish_study(result)}")
     print(f"MLflow: {uri} (make mlflow-ui)")
 
 

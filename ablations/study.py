@@ -5,6 +5,13 @@ A study crosses models × seeds with a baseline arm (the full model) and variant
 - ``eval_variants``: evaluation-time arms on the trained baseline's checkpoint (``support_none``
   evaluates with ``support_features=None``; no training).
 
+Descriptive keys, read by the analysis: ``removes`` (arm -> one line on what it takes out) and
+``parts`` (arm -> the part it removes, per model or for all models; the baseline's
+``diag/<part>_share`` metric says whether that part moves the trained model's answer).
+
+``seeds`` is a list, or ``auto``: start with ``seeds_start`` seeds, then add ``seeds_batch`` at
+a time to the models with an unsettled verdict, up to ``seeds_max`` (``analysis.sequential``).
+
 Baselines are shared: a baseline (model × seed × profile) appears once per study, tagged with
 every ablation it serves (tag ``ablation=conv,pyramid,support`` in the ``all`` study), and each
 variant pairs with it by seed. Expansion validates every spec (composition, values, data paths)
@@ -14,17 +21,21 @@ before anything is dispatched, so a bad study fails whole and early.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from analysis.arms import parse_parts, parse_removes
+from analysis.sequential import SeedSchedule
 from pipeline.config import CONF_DIR, REPO_ROOT, ConfigError, RunSpec, make_spec
 from pipeline.run import check_spec
 
 STUDY_DIR = CONF_DIR / "ablation"
 ALL = "all"  # the union of every study file, with shared baselines
-STUDY_KEYS = ("models", "seeds")  # study-level overrides; every other override is per run
+# study-level overrides; every other override is per run
+STUDY_KEYS = ("models", "seeds", "seeds_max", "seeds_batch")
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,13 @@ class Study:
     eval_variants: dict[str, tuple[str, str]]  # arm → (ablation, support mode)
     arm_ablation: dict[str, str]  # train-time arm → the ablation it belongs to
     ablations: tuple[str, ...]  # the ablation names the study covers
+    removes: dict[str, str] = field(default_factory=dict)  # arm → what it takes out
+    parts: dict[str, dict[str, str]] = field(default_factory=dict)  # arm → model → part
+    schedule: SeedSchedule | None = None  # seeds=auto: how seeds are added; None: fixed seeds
+
+    def part_for(self, arm: str, model: str) -> str | None:
+        """The part ``arm`` removes from ``model`` (one of ``analysis.arms.PARTS``), if known."""
+        return self.parts.get(arm, {}).get(model)
 
 
 def study_names() -> list[str]:
@@ -55,6 +73,10 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
     variants: dict[str, dict[str, tuple[str, ...]]] = {}
     eval_variants: dict[str, tuple[str, str]] = {}
     arm_ablation: dict[str, str] = {}
+    removes: dict[str, str] = {}
+    parts: dict[str, dict[str, str]] = {}
+    auto = False
+    limits: dict[str, object] = {"seeds_max": None, "seeds_batch": None}
     for n in names:
         path = STUDY_DIR / f"{n}.yaml"
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
@@ -62,19 +84,43 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
             if key not in raw:
                 raise ConfigError(f"{path}: missing key {key!r}")
         models += [m for m in raw["models"] if m not in models]
-        seeds += [s for s in raw["seeds"] if s not in seeds]
+        if raw["seeds"] == AUTO:
+            auto = True
+        else:
+            seeds += [s for s in raw["seeds"] if s not in seeds]
+        for key in limits:
+            if raw.get(key) is not None:
+                limits[key] = max(int(limits[key] or 0), int(raw[key]))
+        study_arms = set(raw["eval_variants"] or {})
         for model, arms in (raw["variants"] or {}).items():
             for arm, ovr in arms.items():
                 variants.setdefault(model, {})[arm] = tuple(ovr)
                 arm_ablation[arm] = n
+                study_arms.add(arm)
         for arm, mode in (raw["eval_variants"] or {}).items():
             eval_variants[arm] = (n, mode)
+        try:
+            removes.update(parse_removes(raw.get("removes"), study_arms, str(path)))
+            parts.update(parse_parts(raw.get("parts"), study_arms, raw["models"], str(path)))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     overrides = OmegaConf.from_dotlist(list(study_overrides))
     for key in overrides:
         if key not in STUDY_KEYS:
             raise ConfigError(f"unknown study setting {key!r}; study settings are {STUDY_KEYS}")
     models = overrides.get("models", models)
-    seeds = overrides.get("seeds", seeds)
+    seeds = overrides.get("seeds", seeds if not auto else AUTO)
+    for key in limits:
+        limits[key] = overrides.get(key, limits[key])
+    schedule = None
+    if seeds == AUTO:
+        try:
+            schedule = SeedSchedule(
+                **{key: int(value) for key, value in limits.items() if value is not None}
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"seeds=auto: {exc} (set seeds_max= / seeds_batch=)") from exc
+        seeds = list(range(schedule.seeds_start))
     if isinstance(models, str) or not all(isinstance(m, str) for m in models):
         raise ConfigError(f"models must be a list such as models=[psalm,cheaf], got {models!r}")
     if isinstance(seeds, int | str) or not all(isinstance(s, int) for s in seeds):
@@ -97,6 +143,9 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
         eval_variants=eval_variants,
         arm_ablation=arm_ablation,
         ablations=tuple(names),
+        removes=removes,
+        parts=parts,
+        schedule=schedule,
     )
 
 

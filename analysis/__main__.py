@@ -6,9 +6,13 @@ Run from the repository root (the store defaults to ``sqlite:///mlflow.db`` ther
     python -m analysis verdicts <study> [--format table|json] [--metric test/nAP50]
     python -m analysis report <study> [--out reports] [--ui-url http://127.0.0.1:5000]
     python -m analysis compare <study A> <study B> [--alpha 0.05]
+    python -m analysis notebook <study> [--out reports]
     python -m analysis studies
 
-``report`` and ``compare`` print the path of the HTML page they wrote.
+``report`` and ``compare`` print the path of the HTML page they wrote; ``report`` also writes the
+verdict table and delta plots to the study's parent run in MLflow (``--no-mlflow`` skips it).
+``notebook`` runs analysis/notebooks/ablation_report.ipynb with papermill and prints the paths
+of the executed notebook and its HTML copy (beside the dashboard).
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from collections.abc import Sequence
 import pandas as pd
 
 from analysis.claims import DEFAULT_BENCHMARK
-from analysis.compare import compare_studies, format_comparison, write_comparison
+from analysis.compare import (
+    compare_studies,
+    format_comparison,
+    same_study_warning,
+    write_comparison,
+)
 from analysis.dashboard import DEFAULT_REPORTS, write_dashboard
 from analysis.deltas import INTERVALS
 from analysis.runs import list_studies
@@ -62,12 +71,31 @@ def _verdicts(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     analysis = _analyze(args, args.study)
     _warn_excluded(analysis, sys.stderr)
+    if args.mlflow:
+        from analysis.study_run import publish_study
+
+        run_id = publish_study(analysis)
+        print(
+            f"MLflow: verdict table and plots in the study's parent run {run_id}", file=sys.stderr
+        )
     print(write_dashboard(analysis, args.out, args.ui_url, args.benchmark))
+    return 0
+
+
+def _notebook(args: argparse.Namespace) -> int:
+    from analysis.notebook import run_notebook
+
+    notebook, page = run_notebook(args.study, args.out, args.tracking_uri, args.metric)
+    print(notebook)
+    print(page)
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
     a, b = _analyze(args, args.study_a), _analyze(args, args.study_b)
+    warning = same_study_warning(a, b)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     table = compare_studies(a, b, args.alpha)
     if args.format == "json":
         print(json.dumps(to_records(table), indent=2))
@@ -80,8 +108,11 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _studies(args: argparse.Namespace) -> int:
-    for study in list_studies(args.tracking_uri):
+    studies = list_studies(args.tracking_uri)
+    for study in studies:
         print(study)
+    if not studies:
+        print("(no studies in the store: run one, e.g. make ablation-pyramid)", file=sys.stderr)
     return 0
 
 
@@ -153,7 +184,19 @@ def _parser() -> argparse.ArgumentParser:
         help="MLflow UI the run links point to (default: $MLFLOW_UI_URL or http://127.0.0.1:5000)",
     )
     sub.add_argument("--benchmark", default=str(DEFAULT_BENCHMARK), help="default: %(default)s")
+    sub.add_argument(
+        "--no-mlflow",
+        dest="mlflow",
+        action="store_false",
+        help="do not write the verdict table and plots to the study's parent run in MLflow",
+    )
     sub.set_defaults(command=_report)
+
+    sub = commands.add_parser(
+        "notebook", parents=[common, pages], help="run the ablation notebook for a study"
+    )
+    sub.add_argument("study")
+    sub.set_defaults(command=_notebook)
 
     sub = commands.add_parser(
         "compare", parents=[common, output, pages], help="compare the deltas of two studies"

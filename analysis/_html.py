@@ -32,7 +32,13 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .v-within { background: #2e7d32; } .v-smaller-drop { background: #ef6c00; }
 .v-larger-drop { background: #c62828; } .v-opposite-sign { background: #6a1b9a; }
 .v-inconclusive { background: #616161; } .v-no-expectation { background: #9e9e9e; }
+.v-not-testable { background: #455a64; } .v-greyed { background: #bdbdbd; color: #424242; }
+.verdict { white-space: normal; display: inline-block; max-width: 22rem; }
 .moved { background: #fff3e0; font-weight: 600; }
+.banner { background: #fff8e1; border: 1px solid #ffb300; padding: .5rem .8rem;
+          font-weight: 600; }
+.wrap td, .wrap th { white-space: normal; } .wrap { max-width: 100%; overflow-x: auto; }
+ul.arms { margin: .3rem 0 .6rem; padding-left: 1.2rem; }
 """
 
 
@@ -79,9 +85,14 @@ def interval(low: object, high: object, digits: int = 1) -> str:
     return f"[{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def verdict_badge(verdict: str) -> str:
-    """A coloured verdict label."""
-    css = "v-" + re.sub(r"[^a-z]+", "-", verdict.lower()).strip("-")
+def verdict_badge(verdict: str | None, greyed: str | None = None) -> str:
+    """A coloured verdict label; ``greyed`` (a reason) shows it grey with the reason as a tip."""
+    if not isinstance(verdict, str):
+        return "—"
+    kind = verdict.split(":", 1)[0]
+    css = "v-" + re.sub(r"[^a-z]+", "-", kind.lower()).strip("-")
+    if greyed:
+        return f"<span class='verdict v-greyed' title='{esc(greyed)}'>{esc(verdict)}</span>"
     return f"<span class='verdict {css}'>{esc(verdict)}</span>"
 
 

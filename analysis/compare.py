@@ -88,6 +88,9 @@ def write_comparison(
             f"{esc(a.deltas.interval_description)}. Highlighted rows moved beyond their noise: "
             f"Welch's t-test on the per-seed deltas of A vs B, p &lt; {alpha:g}.</p>",
             f"<p class='meta'>Stores: A {esc(a.tracking_uri)}; B {esc(b.tracking_uri)}.</p>",
+            f"<p class='banner'>{esc(same_study_warning(a, b))}</p>"
+            if same_study_warning(a, b)
+            else "",
             _html.table(
                 table,
                 {
@@ -114,10 +117,37 @@ def write_comparison(
                 },
                 row_class=lambda r: "moved" if r["moved"] is True else "",
             ),
+            *_overlays(a, b),
         ]
     )
     path.write_text(_html.page(f"{a.study} vs {b.study}", body), encoding="utf-8")
     return path
+
+
+def same_study_warning(a: StudyAnalysis, b: StudyAnalysis) -> str:
+    """A warning when A and B are the same study in the same store (nothing can have moved)."""
+    if a.study == b.study and a.tracking_uri == b.tracking_uri:
+        return (
+            f"A and B are the same study ({a.study}) in the same store: every delta is compared "
+            "with itself. Pass two different studies, e.g. make compare A=pyramid-default "
+            "B=pyramid-paper."
+        )
+    return ""
+
+
+def _overlays(a: StudyAnalysis, b: StudyAnalysis) -> list[str]:
+    """Per ablation in either study, both studies' delta plots overlaid."""
+    from analysis.plots import plot_compare
+
+    sections = []
+    ablations = dict.fromkeys([*a.verdicts["ablation"], *b.verdicts["ablation"]])
+    for ablation in ablations:
+        sections += [
+            f"<h2 id='overlay-{esc(_html.safe_dirname(ablation))}'>Ablation: {esc(ablation)} "
+            "(A circles left, B squares right)</h2>",
+            _html.figure_img(plot_compare(a, b, ablation), f"A and B deltas for {ablation}"),
+        ]
+    return sections
 
 
 def format_comparison(table: pd.DataFrame) -> str:

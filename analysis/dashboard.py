@@ -1,8 +1,12 @@
 """The study dashboard: one self-contained HTML page (``reports/<study>/index.html``).
 
-Verdict table; runs left out of the averages and why; the report's efficiency claims beside
-``reports/benchmark.json``; per ablation the deltas with their intervals against the expected
-band and the runs' learning curves; every run linked to its page in MLflow's UI.
+Verdict table (with each arm's seeds and why it stopped, and whether the part it removes is
+load-bearing in the baseline); runs left out of the averages and why; whether each ablation took
+effect; the report's efficiency claims beside ``reports/benchmark.json``; per ablation one line
+per arm on what it removes and what the report claims, the deltas with their intervals against
+the expected band (with a legend) and the runs' learning curves; every run linked to its page in
+MLflow's UI. A smoke-profile study is marked "plumbing check, no verdicts" and its verdicts are
+greyed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from analysis.claims import (
 from analysis.plots import plot_deltas, plot_learning_curves
 from analysis.runs import load_metric_histories, run_url
 from analysis.study import StudyAnalysis
-from analysis.verdicts import VERDICT_MEANINGS
+from analysis.verdicts import PLUMBING, PLUMBING_REASON, VERDICT_MEANINGS
 
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
 DEFAULT_REPORTS = Path("reports")
@@ -74,18 +78,22 @@ def render_dashboard(
     ablations = list(dict.fromkeys(analysis.verdicts["ablation"]))
     sections = [
         f"<h1>Ablation study {esc(analysis.study)}</h1>",
+        plumbing_banner(analysis.verdicts),
         _meta(analysis),
         "<h2 id='verdicts'>Verdicts</h2>",
         verdicts_html(analysis.verdicts),
         f"<p class='meta'>{esc(_verdict_legend())}</p>",
         "<h2 id='excluded'>Left out of the averages</h2>",
         _excluded(analysis),
+        "<h2 id='took-effect'>Did each ablation take effect?</h2>",
+        took_effect_html(analysis.runs),
         "<h2 id='claims'>Efficiency claims</h2>",
         _claims(analysis, benchmark_path),
     ]
     for ablation in ablations:
         sections += [
             f"<h2 id='ablation-{esc(_html.safe_dirname(ablation))}'>Ablation: {esc(ablation)}</h2>",
+            arm_lines_html(analysis.verdicts, ablation),
             _html.figure_img(plot_deltas(analysis, ablation), f"deltas for {ablation}"),
             "<h3>Learning curves</h3>",
             _html.figure_img(
@@ -100,28 +108,95 @@ def render_dashboard(
 
 
 def verdicts_html(verdicts: pd.DataFrame) -> str:
-    """The verdict table as HTML (also used by the comparison page)."""
-    return _html.table(
-        verdicts,
-        {
-            "model": "model",
-            "ablation": "ablation",
-            "arm": "arm",
-            "n": "seeds (n)",
-            "delta_abs_mean": "Δ mean (metric units)",
-            "delta_rel_mean": "Δ mean (% of baseline)",
-            "ci": "CI",
-            "expected": "expected",
-            "verdict": "verdict",
-            "note": "note",
-        },
-        cells={
-            "delta_abs_mean": lambda r: _html.number(r["delta_abs_mean"], 4, signed=True),
-            "delta_rel_mean": lambda r: _html.number(r["delta_rel_mean"], 1, signed=True),
-            "ci": lambda r: esc(_html.interval(r["ci_low"], r["ci_high"])),
-            "expected": lambda r: esc(_html.interval(r["expected_low"], r["expected_high"], 0)),
-            "verdict": lambda r: _html.verdict_badge(r["verdict"]),
-        },
+    """The verdict table as HTML (also used by the comparison page); its cells wrap, so it fits a
+    1,400 px page."""
+    return (
+        "<div class='wrap'>"
+        + _html.table(
+            verdicts,
+            {
+                "model": "model",
+                "ablation": "ablation",
+                "arm": "arm",
+                "n": "seeds (n)",
+                "stop": "why this many seeds",
+                "delta_abs_mean": "Δ mean (metric units)",
+                "delta_rel_mean": "Δ (% of baseline mean)",
+                "ci": "CI",
+                "expected": "expected",
+                "load_bearing": "load-bearing",
+                "verdict": "verdict",
+                "note": "note",
+            },
+            cells={
+                "delta_abs_mean": lambda r: _html.number(r["delta_abs_mean"], 4, signed=True),
+                "delta_rel_mean": lambda r: _html.number(r["delta_rel_mean"], 1, signed=True),
+                "ci": lambda r: esc(_html.interval(r["ci_low"], r["ci_high"])),
+                "expected": lambda r: esc(_html.interval(r["expected_low"], r["expected_high"], 0)),
+                "load_bearing": lambda r: esc(load_bearing_text(r)),
+                "verdict": lambda r: _html.verdict_badge(
+                    r["verdict"], greyed=PLUMBING if r["plumbing_check"] else None
+                ),
+            },
+        )
+        + "</div>"
+    )
+
+
+def load_bearing_text(row: pd.Series) -> str:
+    """``12.0 % of use_pyramid: ok`` / ``2.0 % …: inert`` / ``not measured`` / ``—``."""
+    part = row["load_bearing_part"]
+    if not isinstance(part, str):
+        return "—"
+    share = row["load_bearing"]
+    if pd.isna(share):
+        return f"{part}: not measured"
+    return f"{100 * share:.1f} % ({part}): {'ok' if row['load_bearing_ok'] else 'inert'}"
+
+
+def plumbing_banner(verdicts: pd.DataFrame) -> str:
+    """A warning above a smoke-profile study's results, or nothing."""
+    if verdicts.empty or not verdicts["plumbing_check"].any():
+        return ""
+    return f"<p class='banner' id='plumbing'>{esc(PLUMBING_REASON)}</p>"
+
+
+def arm_lines_html(verdicts: pd.DataFrame, ablation: str) -> str:
+    """One line per model x arm of an ablation: what it removes, what the report claims."""
+    rows = verdicts[verdicts["ablation"] == ablation]
+    items = [
+        f"<li><b>{esc(r.model)} / {esc(r.arm)}</b> removes "
+        f"{esc(r.removes or '(the study file does not say)')}; {esc(r.claim)}.</li>"
+        for r in rows.itertuples()
+    ]
+    return f"<ul class='arms'>{''.join(items)}</ul>"
+
+
+def took_effect_html(runs: pd.DataFrame) -> str:
+    """Per model x arm, the sizes the runs recorded (the ablation changed the module tree)."""
+    counts = parameter_counts(runs)
+    if counts.empty:
+        return "<p>The runs recorded no sizes (params_*).</p>"
+    counts = counts.assign(key=counts["key"].str.replace(r"^(tags|params)\.", "", regex=True))
+    wide = counts.pivot_table(
+        index=["model", "arm"], columns="key", values="values", aggfunc="first"
+    ).reset_index()
+    keys = [c for c in wide.columns if c not in ("model", "arm")]
+    return (
+        "<div class='wrap'>"
+        + _html.table(
+            wide,
+            {"model": "model", "arm": "arm", **{k: k.replace("_", " ") for k in keys}},
+            cells={
+                k: (
+                    lambda key: (
+                        lambda r: esc(", ".join(r[key]) if isinstance(r[key], tuple) else "—")
+                    )
+                )(k)
+                for k in keys
+            },
+        )
+        + "</div>"
     )
 
 
@@ -133,9 +208,17 @@ def _meta(analysis: StudyAnalysis) -> str:
         if analysis.expectations.scale == "relative"
         else f"absolute change in {analysis.metric}"
     )
+    seeds = (
+        f"seeds=auto: {analysis.schedule.seeds_start} first, then {analysis.schedule.seeds_batch}"
+        f" at a time until settled, at most {analysis.schedule.seeds_max}"
+        if analysis.schedule
+        else "fixed seeds"
+    )
     lines = [
         f"Metric: {analysis.metric}; verdict scale: {scale}.",
-        f"Interval: {analysis.deltas.interval_description}.",
+        "Relative delta: 100 × mean(variant − baseline) / mean(baseline) over the paired seeds "
+        "(ratio of paired means: the same sign as the absolute delta), with Fieller's interval.",
+        f"Interval: {analysis.deltas.interval_description}. Seeds: {seeds}.",
         f"Runs: {len(runs)} ({statuses}). Store: {analysis.tracking_uri}.",
         f"Generated {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.",
     ]
@@ -205,16 +288,6 @@ def _claims(analysis: StudyAnalysis, benchmark_path: str | Path) -> str:
                     "report": lambda r: esc(_claim_value(r["report"], "parameters")),
                     "measured": lambda r: esc(_claim_value(r["measured"], "parameters")),
                 },
-            )
-        )
-    counts = parameter_counts(analysis.runs)
-    if not counts.empty:
-        parts.append("<h3>Did each ablation take effect? (sizes the runs recorded)</h3>")
-        parts.append(
-            _html.table(
-                counts,
-                {"model": "model", "arm": "arm", "key": "key", "values": "values"},
-                cells={"values": lambda r: esc(", ".join(map(str, r["values"])))},
             )
         )
     return "\n".join(parts)

@@ -8,10 +8,22 @@ Pairing (``paired_deltas``): a variant run (``arm != "baseline"``) is paired wit
   ``ablation=pyramid,conv,support`` serves each ablation it lists).
 
 Per pair: ``delta_abs = variant - baseline`` in the metric's units (COCO AP as a fraction, so
-0.05 is 5 AP points) and ``delta_rel = 100 * delta_abs / baseline`` in % of the baseline. Per
-model x ablation x arm: the mean of the per-seed deltas and a confidence interval over them (by
-default a two-sided 95 % Student t interval, ``mean +- t(n-1) * s / sqrt(n)``; ``"normal"`` gives
-TFA's ``mean +- z * s / sqrt(n)``, which is too narrow for a handful of seeds).
+0.05 is 5 AP points). Per model x ablation x arm:
+
+- absolute: the mean of the per-seed deltas and a confidence interval over them (by default a
+  two-sided 95 % Student t interval, ``mean +- t(n-1) * s / sqrt(n)``; ``"normal"`` gives TFA's
+  ``mean +- z * s / sqrt(n)``, which is too narrow for a handful of seeds);
+- relative (the one definition used everywhere): the **ratio of the paired means**,
+  ``delta_rel = 100 * mean(variant - baseline) / mean(baseline)`` in % of the baseline. Its sign
+  is always the sign of the absolute mean (the baseline's mean AP is positive). Its interval is
+  **Fieller's** (Fieller 1954, J. R. Stat. Soc. B 16:175-185) in its paired form: the ratios
+  ``r`` that a paired t-test of ``variant - baseline - r * baseline`` (mean zero) does not reject.
+  It is exact for normal pairs, holds the point estimate, and excludes 0 exactly when the
+  absolute interval does (``r = 0`` is the absolute test). When the baseline mean itself cannot
+  be told from 0 the set is unbounded and the interval is reported as ``(-inf, +inf)``.
+  The per-pair ``delta_rel`` column is ``100 * delta_abs / mean(baseline of the cell)``, so the
+  dots a plot shows average to the cell's relative delta. (A mean of per-seed ratios can
+  disagree in sign with the absolute mean; it is not used.)
 
 Nothing is averaged in silently: runs that are not FINISHED, lack the metric or have a NaN, lack
 the tags needed to place them, have no same-seed partner, or are superseded by a newer run of the
@@ -30,8 +42,11 @@ from scipy import stats
 from analysis.runs import BASELINE_ARM, split_ablations
 
 INTERVALS = {
-    "t": "Student t over per-seed deltas (n-1 degrees of freedom)",
-    "normal": "normal approximation over per-seed deltas (mean +- z*s/sqrt(n), TFA's protocol)",
+    "t": "Student t over per-seed deltas (n-1 degrees of freedom); relative: Fieller's interval",
+    "normal": "normal approximation over per-seed deltas (mean +- z*s/sqrt(n), TFA's protocol); "
+    "relative: Fieller's interval with z",
+    "anytime": "anytime-valid confidence sequence (Lai 1976 t-mixture; relative: Fieller form), "
+    "valid however many seeds were added after looking",
 }
 CELL = ["model", "ablation", "arm"]
 PAIR_COLUMNS = [
@@ -106,11 +121,60 @@ def half_width(
         raise ValueError(f"interval {interval!r} unknown; choose one of {sorted(INTERVALS)}")
     n = np.asarray(n, dtype=float)
     std = np.asarray(std, dtype=float)
-    tail = (1.0 + confidence) / 2.0
     enough = n >= 2
-    df = np.where(enough, n - 1, 1.0)
-    q = stats.t.ppf(tail, df) if interval == "t" else np.full(n.shape, stats.norm.ppf(tail))
+    q = np.sqrt(critical_q2(n, confidence, interval))
     return np.where(enough, q * std / np.sqrt(np.where(enough, n, 1.0)), np.nan)
+
+
+def critical_q2(n: np.ndarray, confidence: float = 0.95, interval: str = "t") -> np.ndarray:
+    """Squared critical value ``q**2`` of the interval ``mean +- q * s / sqrt(n)`` (element-wise;
+    NaN where ``n < 2``, ``inf`` where an anytime-valid sequence is still unbounded)."""
+    if interval not in INTERVALS:
+        raise ValueError(f"interval {interval!r} unknown; choose one of {sorted(INTERVALS)}")
+    n = np.asarray(n, dtype=float)
+    enough = n >= 2
+    tail = (1.0 + confidence) / 2.0
+    if interval == "t":
+        q2 = stats.t.ppf(tail, np.where(enough, n - 1, 1.0)) ** 2
+    elif interval == "normal":
+        q2 = np.full(n.shape, stats.norm.ppf(tail) ** 2)
+    else:
+        from analysis.sequential import lai_q2  # the anytime-valid sequence lives there
+
+        q2 = lai_q2(n, 1.0 - confidence)
+    return np.where(enough, q2, np.nan)
+
+
+def fieller_interval(
+    n: np.ndarray,
+    delta_mean: np.ndarray,
+    baseline_mean: np.ndarray,
+    var_delta: np.ndarray,
+    var_baseline: np.ndarray,
+    cov: np.ndarray,
+    q2: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fieller's interval for ``mean(delta) / mean(baseline)`` over paired seeds (element-wise).
+
+    The set of ``r`` with ``n * (d - r b)**2 <= q2 * var(delta - r * baseline)``, where ``d``,
+    ``b`` are the means and the variances are sample (co)variances (ddof=1). Returns
+    ``(low, high)`` as ratios (not %), ``(-inf, inf)`` where the set is unbounded (the baseline
+    mean is not distinguishable from 0 at this level) and NaN where ``n < 2``.
+    """
+    n, d, b = (np.asarray(v, dtype=float) for v in (n, delta_mean, baseline_mean))
+    sdd, sbb, sdb, q2 = (np.asarray(v, dtype=float) for v in (var_delta, var_baseline, cov, q2))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        a = n * b**2 - q2 * sbb
+        half_b = -(n * d * b - q2 * sdb)
+        c = n * d**2 - q2 * sdd
+        disc = half_b**2 - a * c
+        bounded = (a > 0) & (disc >= 0) & np.isfinite(q2)
+        root = np.sqrt(np.where(bounded, disc, 0.0))
+        safe_a = np.where(bounded, a, 1.0)
+        low = np.where(bounded, (-half_b - root) / safe_a, -np.inf)
+        high = np.where(bounded, (-half_b + root) / safe_a, np.inf)
+    valid = n >= 2
+    return np.where(valid, low, np.nan), np.where(valid, high, np.nan)
 
 
 def paired_deltas(
@@ -214,7 +278,7 @@ def paired_deltas(
                 "baseline_value": baseline.value,
                 "variant_value": variant.value,
                 "delta_abs": delta,
-                "delta_rel": 100.0 * delta / baseline.value,
+                "delta_rel": math.nan,  # set below: % of the cell's mean baseline
             }
         )
 
@@ -236,6 +300,9 @@ def paired_deltas(
 
     pair_frame = pd.DataFrame(pairs, columns=PAIR_COLUMNS)
     pair_frame = pair_frame.sort_values([*CELL, "seed"], ignore_index=True)
+    if not pair_frame.empty:
+        cell_baseline = pair_frame.groupby(CELL)["baseline_value"].transform("mean")
+        pair_frame["delta_rel"] = 100.0 * pair_frame["delta_abs"] / cell_baseline
     summary = _summarise(pair_frame, cells, confidence, interval)
     excluded_frame = pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS)
     excluded_frame["seed"] = excluded_frame["seed"].astype("Int64")
@@ -262,17 +329,32 @@ def _summarise(
         variant_mean=("variant_value", "mean"),
         delta_abs_mean=("delta_abs", "mean"),
         delta_abs_std=("delta_abs", "std"),
-        delta_rel_mean=("delta_rel", "mean"),
-        delta_rel_std=("delta_rel", "std"),
+        baseline_var=("baseline_value", "var"),
     )
+    covariance = pairs.groupby(CELL, sort=False)[["delta_abs", "baseline_value"]].apply(
+        lambda g: g["delta_abs"].cov(g["baseline_value"]) if len(g) > 1 else math.nan
+    )
+    grouped["cov"] = covariance.reindex(grouped.index) if len(grouped) else math.nan
     summary = grouped.reindex(pd.MultiIndex.from_tuples(order, names=CELL)).reset_index()
     summary["n"] = summary["n"].fillna(0).astype(int)
     summary["seeds"] = summary["seeds"].map(lambda s: s if isinstance(s, tuple) else ())
-    for kind in ("abs", "rel"):
-        mean = summary[f"delta_{kind}_mean"]
-        half = half_width(summary[f"delta_{kind}_std"], summary["n"], confidence, interval)
-        summary[f"delta_{kind}_ci_low"] = mean - half
-        summary[f"delta_{kind}_ci_high"] = mean + half
+    mean = summary["delta_abs_mean"]
+    half = half_width(summary["delta_abs_std"], summary["n"], confidence, interval)
+    summary["delta_abs_ci_low"] = mean - half
+    summary["delta_abs_ci_high"] = mean + half
+    with np.errstate(invalid="ignore", divide="ignore"):
+        summary["delta_rel_mean"] = 100.0 * mean / summary["baseline_mean"]
+    low, high = fieller_interval(
+        summary["n"],
+        mean,
+        summary["baseline_mean"],
+        summary["delta_abs_std"] ** 2,
+        summary["baseline_var"],
+        summary["cov"],
+        critical_q2(summary["n"], confidence, interval),
+    )
+    summary["delta_rel_ci_low"] = 100.0 * low
+    summary["delta_rel_ci_high"] = 100.0 * high
     summary["n_excluded"] = [cells[cell] for cell in order]
     return summary[SUMMARY_COLUMNS]
 

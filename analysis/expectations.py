@@ -39,6 +39,18 @@ class Expectations:
     ranges: dict[tuple[str, str], ExpectedRange]
     benchmark: dict[str, Any] = field(default_factory=dict)
     controls: frozenset[str] = frozenset()  # arms that check the setup, not a claim
+    load_bearing_threshold: float = 0.05  # diag/<part>_share below this: the part is inert
+
+    def claim(self, ablation: str, model: str) -> str:
+        """What the report predicts for one ablation and model, in words."""
+        expected = self.range_for(ablation, model)
+        if expected is None:
+            return "the report predicts nothing here"
+        unit = "% of the full model's AP" if self.scale == "relative" else self.metric
+        return (
+            f"the report predicts {model.upper()} loses {abs(expected.high):g} to "
+            f"{abs(expected.low):g} ({unit})"
+        )
 
     def is_control(self, arm: str) -> bool:
         """True for an arm the study runs as a control (e.g. ``support_shuffled``): the report
@@ -76,7 +88,20 @@ def load_expectations(path: str | Path | None = None) -> Expectations:
         ranges=ranges,
         benchmark=dict(raw.get("benchmark") or {}),
         controls=frozenset(str(arm).lower() for arm in raw.get("controls") or ()),
+        load_bearing_threshold=_threshold(raw.get("load_bearing_threshold", 0.05), where),
     )
+
+
+def _threshold(value: Any, where: str) -> float:
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = math.nan
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(
+            f"load_bearing_threshold {value!r} {where} must be a fraction in [0, 1), e.g. 0.05"
+        )
+    return threshold
 
 
 def _parse_range(bounds: Any, where: str) -> ExpectedRange:

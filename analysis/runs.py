@@ -30,6 +30,8 @@ import pandas as pd
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CONTRACT_TAGS = ("study", "ablation", "arm", "model", "seed", "config_hash", "git_sha", "profile")
 BASELINE_ARM = "baseline"
+STUDY_RUN_KIND = "study"  # tag ``kind`` of a study's parent run (verdict table, plots, design)
+SUMMARY_TAG = "summary_of"  # the parent run's tag naming its study (it has no ``study`` tag)
 INFO_COLUMNS = ("run_id", "run_name", "experiment_id", "status", "start_time", "end_time")
 RUN_COLUMNS = (*INFO_COLUMNS, *CONTRACT_TAGS, "eval_of", "ablations")
 
@@ -54,6 +56,7 @@ def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
     """
     client, uri = _client(tracking_uri)
     runs = _search(client, f"tags.study = {_quote(study)}")
+    runs = [r for r in runs if r.data.tags.get("kind") != STUDY_RUN_KIND]
     if not runs:
         some_runs = _search(client, "", limit=2000)
         present = sorted({r.data.tags.get("study") for r in some_runs} - {None, ""})
@@ -68,6 +71,30 @@ def list_studies(tracking_uri: str | None = None) -> list[str]:
     """Names of the studies (``study`` tag values) present in a store."""
     client, _ = _client(tracking_uri)
     return sorted({r.data.tags.get("study") for r in _search(client, "")} - {None, ""})
+
+
+def find_study_run(study: str, tracking_uri: str | None = None):
+    """The parent run of a study (tags ``kind=study``, ``summary_of=<study>``), or None."""
+    client, _ = _client(tracking_uri)
+    runs = _search(
+        client, f"tags.{SUMMARY_TAG} = {_quote(study)} and tags.kind = '{STUDY_RUN_KIND}'"
+    )
+    return max(runs, key=lambda r: r.info.start_time) if runs else None
+
+
+def load_study_design(study: str, tracking_uri: str | None = None):
+    """The ``seeds=auto`` schedule a study ran with (its parent run's tags), or None."""
+    from analysis.sequential import SeedSchedule
+
+    run = find_study_run(study, tracking_uri)
+    params = run.data.tags if run is not None else {}
+    if params.get("seeds") != "auto":
+        return None
+    return SeedSchedule(
+        seeds_start=int(params["seeds_start"]),
+        seeds_batch=int(params["seeds_batch"]),
+        seeds_max=int(params["seeds_max"]),
+    )
 
 
 def runs_frame(runs: Iterable) -> pd.DataFrame:

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.arms import ArmNotes, load_arm_notes
 from analysis.deltas import PairedDeltas, paired_deltas
 from analysis.expectations import Expectations, load_expectations
-from analysis.runs import load_runs, resolve_tracking_uri
+from analysis.runs import load_runs, load_study_design, resolve_tracking_uri
+from analysis.sequential import SeedSchedule
 from analysis.verdicts import verdict_table
 
 
@@ -26,6 +28,8 @@ class StudyAnalysis:
     runs: pd.DataFrame  # analysis.runs.load_runs
     deltas: PairedDeltas
     verdicts: pd.DataFrame  # analysis.verdicts.VERDICT_COLUMNS
+    notes: ArmNotes = ArmNotes()  # what each arm removes, and the part it removes
+    schedule: SeedSchedule | None = None  # the study ran seeds=auto with this schedule
 
     @property
     def metric(self) -> str:
@@ -40,9 +44,16 @@ def analyze_study(
     expectations: Expectations | str | Path | None = None,
     interval: str = "t",
 ) -> StudyAnalysis:
-    """Read a study from MLflow and judge it (metric default: the expectations file's)."""
+    """Read a study from MLflow and judge it (metric default: the expectations file's).
+
+    A study run with ``seeds=auto`` (its parent run in MLflow says so) is judged with the
+    anytime-valid intervals of ``analysis.sequential``, whatever ``interval`` says: a fixed-n
+    interval read after optional stopping would not hold its level.
+    """
     uri = resolve_tracking_uri(tracking_uri)
-    return analyze_runs(load_runs(study, uri), study, uri, metric, expectations, interval)
+    runs = load_runs(study, uri)
+    schedule = load_study_design(study, uri)
+    return analyze_runs(runs, study, uri, metric, expectations, interval, schedule=schedule)
 
 
 def analyze_runs(
@@ -52,10 +63,20 @@ def analyze_runs(
     metric: str | None = None,
     expectations: Expectations | str | Path | None = None,
     interval: str = "t",
+    notes: ArmNotes | None = None,
+    schedule: SeedSchedule | None = None,
 ) -> StudyAnalysis:
-    """Judge an already loaded runs frame (what ``analyze_study`` does after reading MLflow)."""
+    """Judge an already loaded runs frame (what ``analyze_study`` does after reading MLflow).
+
+    ``notes`` default: the study files of the ablations the runs belong to.
+    """
     if not isinstance(expectations, Expectations):
         expectations = load_expectations(expectations)
+    if notes is None:
+        ablations = sorted({a for tags in runs["ablations"] for a in tags}) if len(runs) else []
+        notes = load_arm_notes(ablations)
+    if schedule is not None:
+        interval = "anytime"
     deltas = paired_deltas(
         runs, metric or expectations.metric, expectations.confidence, interval=interval
     )
@@ -65,5 +86,7 @@ def analyze_runs(
         expectations=expectations,
         runs=runs,
         deltas=deltas,
-        verdicts=verdict_table(deltas, expectations),
+        verdicts=verdict_table(deltas, expectations, runs, notes, schedule),
+        notes=notes,
+        schedule=schedule,
     )

@@ -41,6 +41,8 @@ class Planted:
     name: str | None = None
     eval_of_seed: bool = False  # tag eval_of = the same-seed baseline's run id
     tags: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # extra final metrics, e.g. diag/<part>_share
+    profile: str = "default"
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -75,6 +77,13 @@ def plan_study(
                 )
             )
     return runs
+
+
+def ratio_of_means(rels: list[float], base: float = 0.40) -> float:
+    """The relative delta ``plan_study`` plants for per-seed ``rels``: 100 * mean(variant -
+    baseline) / mean(baseline), baselines ``base + 0.01 * seed``."""
+    baselines = [base + 0.01 * s for s in range(len(rels))]
+    return 100 * sum(b * r / 100 for b, r in zip(baselines, rels, strict=True)) / sum(baselines)
 
 
 def planted_study() -> list[Planted]:
@@ -151,6 +160,37 @@ def moved_study() -> list[Planted]:
     )
 
 
+def load_bearing_study(shares: dict[tuple[str, str], list[float] | None]) -> list[Planted]:
+    """A pyramid + support study whose baselines log ``diag/<part>_share`` per seed.
+
+    Every arm is planted *within* its range, so only the load-bearing gate can change a verdict.
+    ``shares[(model, part)]`` is the per-seed share (a fraction), or None for "not logged".
+    """
+    effects = {
+        ("cheaf", "pyramid", "no_pyramid"): [-12.5, -12.0, -13.0, -12.5],
+        ("psalm", "pyramid", "no_pyramid"): [-25.0, -24.0, -26.0, -25.0],
+        ("cheaf", "support", "support_none"): [-25.0, -24.5, -25.5, -25.0],
+        ("psalm", "support", "support_bypass"): [-17.5, -17.0, -18.0, -17.5],
+    }
+    runs = plan_study("gated", effects, eval_arms=("support_none", "support_bypass"))
+    out = []
+    for r in runs:
+        if r.arm == "baseline":
+            metrics = {}
+            for (model, part), values in shares.items():
+                if model == r.model and values is not None:
+                    metrics[f"diag/{part}_share"] = values[r.seed]
+            r = _replace(r, metrics=metrics)
+        out.append(r)
+    return out
+
+
+def smoke_study() -> list[Planted]:
+    """A smoke-profile study: planted 'within' effects whose verdicts must be greyed."""
+    runs = plan_study("tiny-smoke", {("cheaf", "pyramid", "no_pyramid"): [-12.5, -12.0, -13.0]})
+    return [_replace(r, profile="smoke") for r in runs]
+
+
 def as_frame(runs: list[Planted]) -> pd.DataFrame:
     """The runs as ``analysis.load_runs`` would return them (built without MLflow)."""
     return runs_frame(_fake_run(r, runs, i) for i, r in enumerate(runs))
@@ -168,7 +208,10 @@ def log_to_mlflow(tracking_uri: str, runs: list[Planted], histories: bool = True
     for i, r in enumerate(runs):
         name = "other" if r.study == "shared" else "psalm"
         if name not in experiments:
-            experiments[name] = client.create_experiment(name)
+            existing = client.get_experiment_by_name(name)
+            experiments[name] = (
+                existing.experiment_id if existing else client.create_experiment(name)
+            )
         tags = _tags(r, runs)
         if "eval_of" in tags:
             tags["eval_of"] = real_ids[tags["eval_of"]]
@@ -177,6 +220,7 @@ def log_to_mlflow(tracking_uri: str, runs: list[Planted], histories: bool = True
         )
         real_ids[r.run_id] = run.info.run_id
         metrics = [Metric(METRIC, r.value, 0, 0), Metric("test/nAP", r.value / 2, 0, 0)]
+        metrics += [Metric(k, v, 0, 0) for k, v in r.metrics.items()]
         if histories and not r.eval_of_seed and r.seed is not None:
             for step in range(0, 50, 10):
                 metrics.append(Metric("train/loss", 2.0 / (1 + step / 10 + r.seed), 0, step))
@@ -203,7 +247,17 @@ def planted_store() -> str:
     folder = Path(tempfile.mkdtemp(prefix="analysis-store-", dir=where))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    log_to_mlflow(uri, planted_study() + shared_baseline_study() + moved_study())
+    gated = load_bearing_study(
+        {
+            ("cheaf", "use_pyramid_refinement"): [0.20, 0.22, 0.18, 0.20],  # load-bearing
+            ("psalm", "use_pyramid"): [0.01, 0.02, 0.015, 0.015],  # inert: 1.5 %
+            ("cheaf", "support_none"): None,  # not measured (an older run)
+            ("psalm", "support_bypass"): [0.30, 0.30, 0.30, 0.30],
+        }
+    )
+    log_to_mlflow(
+        uri, planted_study() + shared_baseline_study() + moved_study() + gated + smoke_study()
+    )
     return uri
 
 
@@ -225,7 +279,7 @@ def _tags(run: Planted, runs: list[Planted]) -> dict[str, str]:
         "model": run.model,
         "config_hash": uuid.uuid5(uuid.NAMESPACE_OID, run.run_id).hex[:12],
         "git_sha": "abc1234",
-        "profile": "smoke",
+        "profile": run.profile,
     }
     if run.seed is not None:
         tags["seed"] = str(run.seed)
@@ -245,7 +299,7 @@ def _tags(run: Planted, runs: list[Planted]) -> dict[str, str]:
 
 def _fake_run(run: Planted, runs: list[Planted], index: int) -> SimpleNamespace:
     """Duck-typed ``mlflow.entities.Run`` (the attributes ``runs_frame`` reads)."""
-    metrics = {METRIC: run.value, "test/nAP": run.value / 2}
+    metrics = {METRIC: run.value, "test/nAP": run.value / 2, **run.metrics}
     return SimpleNamespace(
         info=SimpleNamespace(
             run_id=run.run_id,

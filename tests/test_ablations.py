@@ -93,7 +93,9 @@ def test_all_studies_share_one_baseline_per_model_and_seed() -> None:
         assert spec.tags()["ablation"] == "conv,pyramid,support"
         assert spec.tags()["study"] == "ablations-smoke"
     arms = {k[2] for k in cells}
-    assert arms == {"baseline", "no_pyramid", "no_conv", "support_none", "support_shuffled"}
+    assert arms == {
+        "baseline", "no_pyramid", "no_conv", "support_none", "support_bypass", "support_shuffled"
+    }  # fmt: skip
     for (model, seed, _arm), spec in cells.items():
         if spec.kind == "eval":
             assert spec.eval_of == baselines[(model, seed, "baseline")].config_hash
@@ -104,10 +106,11 @@ def test_support_study_evaluates_the_trained_baseline() -> None:
     assert plan.study == "support-smoke"
     train, evaluate = by_cell(plan.train), by_cell(plan.evaluate)
     assert set(train) == {(m, 0, "baseline") for m in FLAGS}, "support trains only baselines"
-    assert set(evaluate) == {(m, 0, a) for m in FLAGS for a in ("support_none", "support_shuffled")}
+    modes = {"support_none": "none", "support_bypass": "bypass", "support_shuffled": "shuffled"}
+    assert set(evaluate) == {(m, 0, a) for m in FLAGS for a in modes}
     for (model, seed, arm), spec in evaluate.items():
         assert spec.kind == "eval"
-        assert spec.eval_mode == {"support_none": "none", "support_shuffled": "shuffled"}[arm]
+        assert spec.eval_mode == modes[arm]
         assert spec.eval_of == train[(model, seed, "baseline")].config_hash
         tags = spec.tags()
         assert (tags["study"], tags["ablation"], tags["arm"]) == ("support-smoke", "support", arm)
@@ -415,12 +418,14 @@ def test_support_study_trains_the_baseline_once_and_evaluates_it(
     s = support_study
     assert s.returncode == 0
     by_arm = {r.data.tags["arm"]: r for r in s.runs}
-    assert sorted(by_arm) == ["baseline", "support_none", "support_shuffled"]
-    assert len(s.runs) == 3, "one run per cell"
+    assert sorted(by_arm) == ["baseline", "support_bypass", "support_none", "support_shuffled"]
+    assert len(s.runs) == 4, "one run per cell"
     baseline = by_arm["baseline"]
     assert baseline.data.tags["kind"] == "train"
     assert store.steps(baseline.info.run_id, "train/loss") == list(range(1, STEPS + 1))
-    for arm, mode in (("support_none", "none"), ("support_shuffled", "shuffled")):
+    for arm, mode in (
+        ("support_none", "none"), ("support_bypass", "bypass"), ("support_shuffled", "shuffled")
+    ):  # fmt: skip
         ev = by_arm[arm]
         assert ev.info.status == "FINISHED"
         assert ev.data.tags["kind"] == "eval" and ev.data.tags["eval_mode"] == mode

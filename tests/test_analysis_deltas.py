@@ -14,10 +14,11 @@ from _analysis_fixtures import (
     as_frame,
     plan_study,
     planted_study,
+    ratio_of_means,
     shared_baseline_study,
 )
 
-from analysis.deltas import mean_ci, paired_deltas
+from analysis.deltas import critical_q2, fieller_interval, mean_ci, paired_deltas
 
 
 def _cell(deltas, model, ablation, arm):
@@ -51,21 +52,29 @@ def test_planted_deltas_are_recovered_per_seed():
     deltas = paired_deltas(as_frame(planted_study()), METRIC)
     cell = _cell(deltas, "cheaf", "pyramid", "no_pyramid")
     assert cell.n == 4 and cell.seeds == (0, 1, 2, 3)
-    assert cell.delta_rel_mean == pytest.approx(-12.5)
+    # relative: the ratio of the paired means, not the mean of the per-seed ratios
+    assert cell.delta_rel_mean == pytest.approx(ratio_of_means([-12.5, -12, -13, -12.5]))
+    assert cell.delta_rel_mean == pytest.approx(100 * cell.delta_abs_mean / cell.baseline_mean)
     # absolute delta in metric units: baseline 0.40 + 0.01 s, variant = baseline * (1 + rel)
     expected_abs = np.mean(
         [(0.40 + 0.01 * s) * r / 100 for s, r in enumerate([-12.5, -12, -13, -12.5])]
     )
     assert cell.delta_abs_mean == pytest.approx(expected_abs)
     pairs = deltas.pairs[(deltas.pairs.model == "cheaf") & (deltas.pairs.arm == "no_pyramid")]
-    assert pairs.delta_rel.tolist() == pytest.approx([-12.5, -12.0, -13.0, -12.5])
+    # per pair: % of the cell's mean baseline, so the dots average to the cell's delta
+    mean_base = np.mean([0.40, 0.41, 0.42, 0.43])
+    expected = [(0.40 + 0.01 * s) * r / mean_base for s, r in enumerate([-12.5, -12, -13, -12.5])]
+    assert pairs.delta_rel.tolist() == pytest.approx(expected)
+    assert pairs.delta_rel.mean() == pytest.approx(cell.delta_rel_mean)
 
 
 def test_failed_nan_and_unpaired_runs_are_listed_not_averaged():
     deltas = paired_deltas(as_frame(planted_study()), METRIC)
     reasons = deltas.excluded.set_index(["model", "ablation", "arm", "seed"])["reason"]
-    # A FAILED variant with an absurd value is left out: the mean stays the planted -12.5 %.
-    assert _cell(deltas, "cheaf", "pyramid", "no_pyramid").delta_rel_mean == pytest.approx(-12.5)
+    # A FAILED variant with an absurd value is left out: the mean stays the planted one.
+    assert _cell(deltas, "cheaf", "pyramid", "no_pyramid").delta_rel_mean == pytest.approx(
+        ratio_of_means([-12.5, -12, -13, -12.5])
+    )
     assert reasons[("cheaf", "pyramid", "no_pyramid", 9)] == "status FAILED"
     assert reasons[("cheaf", "pyramid", "no_pyramid", 8)] == "status RUNNING"
     # psalm/conv: baseline of seed 0 FAILED, variant of seed 1 NaN, variant of seed 7 alone.
@@ -89,7 +98,9 @@ def test_evaluation_arms_pair_with_their_eval_of_run():
     # Give the variant of seed 1 a seed tag that disagrees: eval_of wins over the seed.
     frame.loc[(frame.arm == "support_none") & (frame.seed == 1), "seed"] = 42
     deltas = paired_deltas(frame, METRIC)
-    assert deltas.pairs.delta_rel.tolist() == pytest.approx([-10.0, -20.0])
+    assert deltas.pairs.delta_rel.tolist() == pytest.approx(
+        [0.40 * -10 / 0.405, 0.41 * -20 / 0.405]
+    )
     eval_of = frame.set_index("run_id").eval_of.dropna()
     assert set(deltas.pairs.baseline_run_id) == set(eval_of)
     assert deltas.excluded.empty  # the baseline of seed 1 is paired, through eval_of
@@ -137,7 +148,9 @@ def test_newer_duplicate_supersedes_older_and_is_reported():
     rerun["start_time"] = rerun["start_time"] + pd.Timedelta(hours=1)
     rerun["metrics.test/nAP50"] = 0.40 * 0.89  # -11 %
     deltas = paired_deltas(pd.concat([frame, rerun], ignore_index=True), METRIC)
-    assert deltas.pairs.delta_rel.tolist() == pytest.approx([-11.0, -12.0])
+    assert deltas.pairs.delta_rel.tolist() == pytest.approx(
+        [0.40 * -11 / 0.405, 0.41 * -12 / 0.405]
+    )
     assert deltas.excluded.reason.str.startswith("superseded by run ffff").sum() == 1
 
 
@@ -192,6 +205,79 @@ def _simulated_runs(rng, n_studies: int, n_seeds: int, true_rel: float) -> pd.Da
             )
         )
     return pd.concat(frames, ignore_index=True)
+
+
+def test_fieller_interval_is_exact_where_the_delta_method_would_not_be():
+    # baseline means 0.4, deltas -0.04 +- spread: the ratio -10 % must sit inside its interval
+    deltas = np.array([-0.05, -0.03, -0.04, -0.045])
+    base = np.array([0.41, 0.39, 0.40, 0.40])
+    low, high = fieller_interval(
+        4,
+        deltas.mean(),
+        base.mean(),
+        deltas.var(ddof=1),
+        base.var(ddof=1),
+        np.cov(deltas, base)[0, 1],
+        critical_q2(np.array(4.0)),
+    )
+    assert low < deltas.mean() / base.mean() < high < 0
+    # a baseline mean indistinguishable from 0 gives an unbounded set, never a finite lie
+    low, high = fieller_interval(4, 0.01, 0.001, 1e-4, 1e-4, 0.0, critical_q2(np.array(4.0)))
+    assert (low, high) == (-np.inf, np.inf)
+
+
+def _random_paired_frame(rng, cells: int, seeds: int) -> pd.DataFrame:
+    """Random paired studies: baselines anywhere in (0.05, 0.9), variants anywhere in (0, 1),
+    so deltas of every sign and size, and noise from none to huge."""
+    base = rng.uniform(0.05, 0.9, (cells, 1)) + rng.uniform(0, 0.1, (cells, seeds))
+    variant = np.clip(
+        base
+        + rng.normal(
+            rng.normal(0, 0.1, (cells, 1)), rng.uniform(1e-4, 0.2, (cells, 1)), (cells, seeds)
+        ),
+        1e-3,
+        1.0,
+    )
+    frames = []
+    for arm, values in (("baseline", base), ("no_pyramid", variant)):
+        frames.append(
+            pd.DataFrame(
+                {
+                    "run_id": [f"{arm}-{c}-{s}" for c in range(cells) for s in range(seeds)],
+                    "run_name": None,
+                    "status": "FINISHED",
+                    "start_time": pd.Timestamp("2026-01-01", tz="UTC"),
+                    "model": np.repeat([f"m{c}" for c in range(cells)], seeds),
+                    "ablation": "pyramid",
+                    "arm": arm,
+                    "seed": np.tile(np.arange(seeds), cells),
+                    "eval_of": None,
+                    f"metrics.{METRIC}": values.ravel(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.parametrize("seeds", [2, 3, 5, 12])
+@pytest.mark.parametrize("interval", ["t", "normal", "anytime"])
+def test_relative_delta_has_the_sign_of_the_absolute_delta(seeds, interval):
+    """Property over random paired data: the relative mean has the sign of the absolute mean,
+    and the relative interval lies above / below 0 exactly when the absolute one does."""
+    rng = np.random.default_rng(seeds * 7 + len(interval))
+    summary = paired_deltas(
+        _random_paired_frame(rng, 400, seeds), METRIC, interval=interval
+    ).summary
+    assert len(summary) == 400
+    assert (np.sign(summary.delta_rel_mean) == np.sign(summary.delta_abs_mean)).all()
+    bounded = np.isfinite(summary.delta_rel_ci_low) & np.isfinite(summary.delta_rel_ci_high)
+    s = summary[bounded]
+    assert len(s) > 100 if seeds > 3 or interval != "anytime" else True
+    assert ((s.delta_rel_ci_low > 0) == (s.delta_abs_ci_low > 0)).all()
+    assert ((s.delta_rel_ci_high < 0) == (s.delta_abs_ci_high < 0)).all()
+    assert (
+        (s.delta_rel_ci_low <= s.delta_rel_mean) & (s.delta_rel_mean <= s.delta_rel_ci_high)
+    ).all()
 
 
 def test_student_t_intervals_cover_the_true_delta_95_percent_of_the_time():

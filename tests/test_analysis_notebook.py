@@ -47,3 +47,20 @@ def test_notebook_runs_against_a_real_study(tmp_path):
     assert len(images) == 6  # deltas and learning curves of three ablations
     tables = [o for o in outputs if "text/html" in o.get("data", {})]
     assert any("status FAILED" in o.data["text/html"] for o in tables)
+
+
+@pytest.mark.slow
+def test_make_notebook_writes_the_notebook_and_an_html_copy_beside_the_dashboard(tmp_path, capsys):
+    pytest.importorskip("papermill")
+    from analysis.__main__ import main
+
+    args = ["notebook", "planted", "--tracking-uri", planted_store(), "--out", str(tmp_path)]
+    assert main(args) == 0
+    notebook, page = (Path(p) for p in capsys.readouterr().out.strip().splitlines()[-2:])
+    assert notebook == tmp_path / "planted" / "ablation_report.ipynb"
+    assert page == tmp_path / "planted" / "ablation_report.html"  # beside index.html
+    nb = nbformat.read(notebook, as_version=4)
+    assert all(o.output_type != "error" for c in nb.cells for o in c.get("outputs", []))
+    html = page.read_text()
+    assert "opposite sign" in html and html.count("data:image/png;base64,") == 6
+    assert "<script" not in html.lower() and "Content-Security-Policy" in html

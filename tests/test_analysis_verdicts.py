@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
-from _analysis_fixtures import as_frame, planted_study
+from _analysis_fixtures import (
+    as_frame,
+    load_bearing_study,
+    planted_study,
+    ratio_of_means,
+    smoke_study,
+)
 
 from analysis import analyze_runs, format_verdicts, judge, load_expectations
-from analysis.expectations import ExpectedRange
+from analysis.expectations import DEFAULT_EXPECTATIONS, ExpectedRange
+from analysis.sequential import SeedSchedule
 
 RANGE = ExpectedRange(low=-15.0, high=-10.0)
 
@@ -57,7 +65,7 @@ def test_planted_effects_get_the_right_verdicts():
     assert "Student t" in row.interval
     control = rows.loc[("cheaf", "support", "support_shuffled")]
     assert "control" in control.note and math.isnan(control.expected_low)
-    assert control.delta_rel_mean == pytest.approx(-21.25)  # still measured
+    assert control.delta_rel_mean == pytest.approx(ratio_of_means([-10, -30, -20, -25]))
 
 
 def test_table_says_which_interval_and_flags_single_seeds():
@@ -106,3 +114,91 @@ def test_absolute_scale_and_missing_expectation(tmp_path):
     assert cheaf.ci_low == pytest.approx(analysis.deltas.summary.delta_abs_ci_low.iloc[0])
     other = rows.loc[("psalm", "pyramid", "no_pyramid")]
     assert other.verdict == "no expectation" and math.isnan(other.expected_low)
+
+
+def _gated(shares):
+    analysis = analyze_runs(as_frame(load_bearing_study(shares)), "gated")
+    return analysis, analysis.verdicts.set_index(["model", "arm"])
+
+
+SHARES = {
+    ("cheaf", "use_pyramid_refinement"): [0.20, 0.22, 0.18, 0.20],  # 20 %: load-bearing
+    ("psalm", "use_pyramid"): [0.01, 0.02, 0.015, 0.015],  # 1.5 %: inert
+    ("cheaf", "support_none"): None,  # not logged (a run from before the metric existed)
+    ("psalm", "support_bypass"): [0.049, 0.05, 0.051, 0.05],  # exactly at the 5 % threshold
+}
+
+
+def test_an_inert_part_makes_the_arm_not_testable_instead_of_a_drop_verdict():
+    _, rows = _gated(SHARES)
+    inert = rows.loc[("psalm", "no_pyramid")]
+    assert inert.verdict == "not testable: use_pyramid is inert in the baseline (1.5 %)"
+    assert inert.load_bearing == pytest.approx(0.015) and inert.load_bearing_ok is False
+    assert inert.load_bearing_part == "use_pyramid"
+    live = rows.loc[("cheaf", "no_pyramid")]
+    assert live.verdict == "within" and live.load_bearing_ok is True
+    assert live.load_bearing == pytest.approx(0.20)
+    at_threshold = rows.loc[("psalm", "support_bypass")]
+    assert at_threshold.verdict == "within" and at_threshold.load_bearing_ok is True
+
+
+def test_a_missing_share_keeps_the_verdict_and_says_so():
+    _, rows = _gated(SHARES)
+    row = rows.loc[("cheaf", "support_none")]
+    assert row.verdict == "within" and row.load_bearing_ok is None
+    assert "load-bearing not measured" in row.note
+    # the planted study predates the metric: every verdict stands, none is gated
+    plain = analyze_runs(as_frame(planted_study()), "planted").verdicts
+    assert not plain.verdict.str.startswith("not testable").any()
+
+
+def test_the_threshold_comes_from_the_expectations_file(tmp_path):
+    text = (Path(DEFAULT_EXPECTATIONS).read_text()).replace(
+        "load_bearing_threshold: 0.05", "load_bearing_threshold: 0.25"
+    )
+    (tmp_path / "e.yaml").write_text(text)
+    gated = analyze_runs(
+        as_frame(load_bearing_study(SHARES)), "gated", expectations=tmp_path / "e.yaml"
+    )
+    rows = gated.verdicts.set_index(["model", "arm"])
+    assert rows.loc[("cheaf", "no_pyramid")].verdict.startswith("not testable")  # 20 % < 25 %
+    assert load_expectations().load_bearing_threshold == 0.05
+    (tmp_path / "bad.yaml").write_text(text.replace("0.25", "5"))
+    with pytest.raises(ValueError, match="load_bearing_threshold"):
+        load_expectations(tmp_path / "bad.yaml")
+
+
+def test_table_shows_what_each_arm_removes_and_what_the_report_claims():
+    analysis, rows = _gated(SHARES)
+    assert "pyramid" in rows.loc[("cheaf", "no_pyramid")].removes
+    assert "query-only" in rows.loc[("psalm", "support_bypass")].removes
+    assert rows.loc[("psalm", "no_pyramid")].claim == (
+        "the report predicts PSALM loses 20 to 30 (% of the full model's AP)"
+    )
+    text = format_verdicts(analysis.verdicts)
+    assert "not testable: use_pyramid is inert" in text and "1.5 % INERT" in text
+    assert "20.0 % ok" in text and "ratio of paired means" in text
+
+
+def test_a_smoke_study_is_a_plumbing_check_with_no_verdicts():
+    smoke = analyze_runs(as_frame(smoke_study()), "tiny-smoke")
+    assert smoke.verdicts.plumbing_check.all()
+    assert smoke.verdicts.note.str.startswith("plumbing check, no verdicts").all()
+    assert format_verdicts(smoke.verdicts).startswith("*** plumbing check, no verdicts")
+    real = analyze_runs(as_frame(planted_study()), "planted")
+    assert not real.verdicts.plumbing_check.any()
+    assert "plumbing" not in format_verdicts(real.verdicts)
+
+
+def test_seeds_and_why_they_stopped():
+    fixed = analyze_runs(as_frame(planted_study()), "planted").verdicts
+    assert set(fixed.stop) == {"fixed seeds"}
+    schedule = SeedSchedule(seeds_start=3, seeds_batch=2, seeds_max=4)
+    auto = analyze_runs(as_frame(planted_study()), "planted", schedule=schedule)
+    assert "anytime-valid" in auto.deltas.interval_description
+    rows = auto.verdicts.set_index(["model", "ablation", "arm"])
+    assert rows.loc[("psalm", "support", "support_none")].stop == "settled"  # opposite sign
+    assert rows.loc[("psalm", "conv", "no_conv")].stop == "unsettled: next 3 seeds"  # 1 seed
+    assert rows.loc[("cheaf", "support", "support_shuffled")].stop.startswith("no range")
+    capped = rows[(rows.verdict == "inconclusive") & (rows.n >= 4)]
+    assert (capped.stop == "seeds_max reached").all()
