@@ -170,8 +170,12 @@ def test_debug_sweep_end_to_end(tmp_path, tmp_mlflow_uri, capsys):
 
 def test_pruned_trials_stop_early_and_are_recorded(tmp_path, tmp_mlflow_uri, capsys):
     # A threshold no model reaches: every trial is pruned at its first validation (step 2).
+    # No trial completed, so there is no result to export: the sweep says so and exits 1.
     path = write_sweep(tmp_path, trials=2, pruner={"name": "threshold", "lower": 2.0})
-    assert main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"]) == 0
+    assert main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"]) == 1
+    captured = capsys.readouterr()
+    assert "ended with no completed trial (0 failed, 2 pruned of 2)" in captured.err
+    assert "trial-steps trained 4 of 12 without pruning (saved 67%)" in captured.out
     trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert [t.user_attrs["steps_trained"] for t in trials] == [2, 2]
@@ -186,8 +190,6 @@ def test_pruned_trials_stop_early_and_are_recorded(tmp_path, tmp_mlflow_uri, cap
         for r in runs
     )
     assert not any(k.startswith("test/") for r in runs for k in r.data.metrics)
-    out = capsys.readouterr().out
-    assert "trial-steps trained 4 of 12 without pruning (saved 67%)" in out
 
 
 def test_duplicate_parameters_are_not_trained_again(tmp_path, tmp_mlflow_uri):
