@@ -16,7 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 def _make(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     if shutil.which("make") is None or not (REPO / ".venv" / ".installed").is_file():
         pytest.skip("needs make and the project's .venv (make setup)")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": planted_store()}
+    # as a user types it: not as a sub-make of `make test ARGS=…`, whose MAKEFLAGS and exported
+    # ARGS would reach these targets (CI runs `make test ARGS=--durations=15`)
+    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS", "STUDY", "A", "B")
+    env = {k: v for k, v in os.environ.items() if k not in outer}
+    env["MLFLOW_TRACKING_URI"] = planted_store()
     return subprocess.run(
         ["make", "-s", "--no-print-directory", *args],
         cwd=REPO,
