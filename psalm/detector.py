@@ -54,6 +54,7 @@ control, gives every query another class's supports, which changes every path.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -178,6 +179,8 @@ class FewShotDetector(nn.Module):
         self.match_on = match_on
         self.backbone = Backbone(backbone_channels, standardize=standardize_inputs)
         self.fusion = fusion
+        # whether the fusion can compute a subset of its levels (``output_levels``, ours can)
+        self._partial = "output_levels" in inspect.signature(fusion.forward).parameters
         self.strides = STRIDES
         self.level_sizes = tuple(float(s) for s in level_sizes)
         self.support_in_head = support_in_head
@@ -268,13 +271,24 @@ class FewShotDetector(nn.Module):
             query = [f[query_index] for f in query]
         return self.predict(query, self.support_features(supports, support_mode), support_mode)
 
-    def fuse(self, query: list[Tensor], support: list[Tensor], support_mode: str) -> list[Tensor]:
-        """The fusion module on query maps, in a support mode (see the module docstring)."""
+    def fuse(
+        self,
+        query: list[Tensor],
+        support: list[Tensor],
+        support_mode: str,
+        output_levels: Sequence[int] | None = None,
+    ) -> list[Tensor | None]:
+        """The fusion module on query maps, in a support mode (see the module docstring).
+        ``output_levels``: the level positions to compute (default all; the others are None)."""
         if support_mode not in SUPPORT_MODES:
             raise ValueError(f"support_mode must be one of {SUPPORT_MODES}, got {support_mode!r}")
+        # a fusion module with only the report's interface computes every level
+        subset = (
+            {} if output_levels is None or not self._partial else {"output_levels": output_levels}
+        )
         if support_mode == "bypass":
-            return self.fusion.query_only(query)
-        return self.fusion(query, None if support_mode == "none" else support)
+            return self.fusion.query_only(query, **subset)
+        return self.fusion(query, None if support_mode == "none" else support, **subset)
 
     def support_features(self, supports: Tensor, support_mode: str = "normal") -> list[Tensor]:
         """Features of K-shot supports (B, K, 3, S, S): per level the backbone's maps
@@ -289,8 +303,12 @@ class FewShotDetector(nn.Module):
         if self.support_in_head and self.head_similarity == "template":
             # each crop is fused with its own episode's support: (B·K, C) prototypes per level
             own = [f.mean(dim=(1, 3, 4)).repeat_interleave(k, dim=0) for f in out]
+            # the levels each template size serves: a size's fused maps are read on those only
+            levels_of: dict[int, list[int]] = {}
+            for level, side in enumerate(self.template_sides):
+                levels_of.setdefault(side, []).append(level)
             resized: dict[int, list[Tensor]] = {flat.shape[-1]: maps}
-            matched: dict[int, list[Tensor]] = {}
+            matched: dict[int, list[Tensor | None]] = {}
             for level, (side, cells) in enumerate(
                 zip(self.template_sides, self.template_cells, strict=True)
             ):
@@ -299,7 +317,7 @@ class FewShotDetector(nn.Module):
                     resized[side] = self.backbone(x)
                 if side not in matched:
                     matched[side] = (
-                        self.fuse(resized[side], own, support_mode)
+                        self.fuse(resized[side], own, support_mode, output_levels=levels_of[side])
                         if self.match_on == "fused"
                         else resized[side]
                     )

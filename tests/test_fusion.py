@@ -859,3 +859,36 @@ def test_outputs_match_the_frozen_reference(case, layout):
             got = run(model, query, REFERENCE["inputs"]["support"][form])
         for level, g, e in zip(LEVELS, got, expected, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5, msg=f"{case} {form} {level}")
+
+
+# ----------------------------------------------------------------------------- output_levels
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("wanted", [["p2"], ["p3"], ["p4", "p5"], [0, 3]])
+def test_output_levels_computes_only_those_and_equals_the_full_forward(models, name, wanted):
+    """The detector's templates read one level per template size: the others are skipped, and the
+    levels computed are exactly the full forward's (the pyramid still sees every level)."""
+    model, query, support = models[name], make_query(), make_support("maps")
+    full = run(model, query, support)
+    with torch.no_grad():
+        part = model(query, support, output_levels=wanted)
+    keep = {LEVELS[w] if isinstance(w, int) else w for w in wanted}
+    for level, got, ref in zip(LEVELS, part, full, strict=True):
+        if level in keep:
+            torch.testing.assert_close(got, ref, rtol=0, atol=0)
+        else:
+            assert got is None, f"{name}: {level} was computed though not asked for"
+    with torch.no_grad():
+        as_dict = model(dict(zip(LEVELS, query, strict=True)), support, output_levels=wanted)
+        bypass = model.query_only(query, output_levels=wanted)
+    assert set(as_dict) == keep
+    assert [b is not None for b in bypass] == [level in keep for level in LEVELS]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_output_levels_refuses_a_level_the_module_lacks(models, name):
+    with pytest.raises(ValueError, match="output_levels entry 'p6'"):
+        models[name](make_query(), None, output_levels=["p6"])
+    with pytest.raises(ValueError, match="output_levels entry 4"):
+        models[name](make_query(), None, output_levels=[4])

@@ -183,3 +183,27 @@ def test_matching_on_the_backbone_reproduces_the_detector_before_fused_matching(
     }
     for key, value in recorded.items():
         assert float(losses[key].detach()) == pytest.approx(value, rel=1e-4), key
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "recorded"),
+    [  # computed with 62aa4b7's detector and fusion modules on these inputs
+        ("psalm", "normal", (8.4047232, 3.9924598, 0.7760803, 5.3528194, 17.82761)),
+        ("psalm", "bypass", (9.1537619, 3.1489611, 0.673387, 4.9141827, 17.2842445)),
+        ("cheaf", "normal", (9.208498, 4.0024767, 1.3175149, 5.3300939, 18.6728191)),
+        ("cheaf", "none", (9.208498, 4.0025754, 1.3175472, 5.3298402, 18.6726685)),
+    ],
+)
+def test_fused_matching_losses_are_unchanged_by_speed_work(name, mode, recorded) -> None:
+    """The fused-matching detector's losses on fixed inputs, as recorded before the template path
+    stopped computing fusion levels it never reads: speed-ups must not change the function."""
+    model = _detector(name).train()
+    torch.manual_seed(1)
+    canvases, supports = torch.rand(2, 3, 64, 64), torch.rand(2, 1, 3, 32, 32)
+    boxes = [torch.tensor([[10.0, 10.0, 30.0, 30.0]]), torch.zeros(0, 4)]
+    losses = model.loss(
+        model(canvases, supports, support_mode=mode), boxes, torch.tensor([0, 1]), 0.1, 1.0
+    )
+    keys = ("heatmap", "box", "match", "similarity", "loss")
+    for key, value in zip(keys, recorded, strict=True):
+        assert float(losses[key].detach()) == pytest.approx(value, rel=1e-5), key

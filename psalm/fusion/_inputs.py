@@ -12,7 +12,7 @@ pooled support vector (or ``None``) a level.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -199,14 +199,37 @@ def pool_support(
     return pooled
 
 
+def wanted_levels(output_levels: Collection[str | int] | None, levels: Sequence[str]) -> list[bool]:
+    """Per level of the module, whether ``forward(..., output_levels=...)`` computes its output.
+
+    ``output_levels`` names levels (``"p3"``) or positions in the module's levels (``0``);
+    ``None`` means all. A caller that reads only some levels (the detector's support templates
+    read one level per template size) skips the per-level work of the others."""
+    if output_levels is None:
+        return [True] * len(levels)
+    wanted = [False] * len(levels)
+    for key in output_levels:
+        if isinstance(key, int) and 0 <= key < len(levels):
+            wanted[key] = True
+        elif key in levels:
+            wanted[levels.index(key)] = True
+        else:
+            raise ValueError(
+                f"output_levels entry {key!r} is not one of the module's levels {list(levels)} "
+                f"or a position 0..{len(levels) - 1}"
+            )
+    return wanted
+
+
 def restore_format(
-    outputs: list[Tensor],
+    outputs: list[Tensor | None],
     query: Sequence[Tensor] | Mapping[str, Tensor],
     levels: Sequence[str],
-) -> list[Tensor] | dict[str, Tensor]:
-    """Give outputs back in the caller's format: dict in, dict out; list otherwise."""
+) -> list[Tensor | None] | dict[str, Tensor]:
+    """Give outputs back in the caller's format: dict in, dict out; list otherwise. A level left
+    out by ``output_levels`` is ``None`` in a list and absent from a dict."""
     if isinstance(query, Mapping):
-        return dict(zip(levels, outputs, strict=True))
+        return {k: v for k, v in zip(levels, outputs, strict=True) if v is not None}
     return outputs
 
 

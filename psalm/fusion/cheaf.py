@@ -30,7 +30,7 @@ fusion layer and its residual R2 go too, and the attention branch's output is us
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from psalm.fusion._inputs import (
     pool_support,
     resolve_levels,
     restore_format,
+    wanted_levels,
 )
 from psalm.fusion._layers import (
     DepthwiseSeparable,
@@ -174,7 +175,9 @@ class PyramidRefinement(nn.Module):
         self.spatial_attention = nn.ModuleList(nn.Conv2d(2, 1, 7, padding=3) for _ in channels)
         self.smooth = nn.ModuleList(DepthwiseSeparable(c, c) for c in channels)
 
-    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+    def forward(self, feats: list[Tensor], wanted: Sequence[bool] | None = None) -> list[Tensor]:
+        """Refined maps per level; with ``wanted``, levels marked False are ``None`` (their
+        channel and spatial attention and smoothing skipped; both paths still see them)."""
         n = len(feats)
         top_down = [None] * n
         top_down[-1] = feats[-1]
@@ -189,6 +192,9 @@ class PyramidRefinement(nn.Module):
             merged.append(top_down[i] + gate * fine)
         out = []
         for i, x in enumerate(merged):
+            if wanted is not None and not wanted[i]:
+                out.append(None)
+                continue
             x = x * self.channel_attention[i](x)
             pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
             x = x * torch.sigmoid(self.spatial_attention[i](pooled))
@@ -271,16 +277,27 @@ class CHEAFFusionModule(ParameterCounts, nn.Module):
         self,
         query_features: Sequence[Tensor] | Mapping[str, Tensor],
         support_features: Sequence[Tensor] | Mapping[str, Tensor] | None = None,
-    ) -> list[Tensor] | dict[str, Tensor]:
+        *,
+        output_levels: Collection[str | int] | None = None,
+    ) -> list[Tensor | None] | dict[str, Tensor]:
+        """``output_levels`` (names or positions; default all): only those levels' outputs are
+        computed, the others are ``None`` (left out of a dict). Stage 1 runs on every level when
+        the pyramid refinement needs them all, so a computed output equals the full forward's."""
         query = as_level_list(query_features, "query_features", self.levels)
         check_query(query, self.query_channels, self.levels)
+        wanted = wanted_levels(output_levels, self.levels)
         support = pool_support(
             support_features, self.support_channels, query[0].shape[0], self.levels
         )
         query = channels_last(query)
         trace = ResidualTracer()
-        fused = []
+        # stage 1 per level: every level if the pyramid refinement mixes them, else the wanted
+        stage1 = [True] * len(wanted) if self.pyramid_refinement is not None else wanted
+        fused: list[Tensor | None] = []
         for i, (level, x) in enumerate(zip(self.levels, query, strict=True)):
+            if not stage1[i]:
+                fused.append(None)
+                continue
             s = None if support is None else support[i]
             attended = trace.add("R1", self.efficient_attentions[level](x, s), x)
             if self.short_long_convs is not None:
@@ -288,29 +305,38 @@ class CHEAFFusionModule(ParameterCounts, nn.Module):
                 attended = trace.add("R2", self.branch_fusion[level](attended, conv), x)
             fused.append(attended)
         if self.pyramid_refinement is not None:
-            refined = self.pyramid_refinement(fused)
-            fused = [trace.add("R3", r, f) for r, f in zip(refined, fused, strict=True)]
+            refined = self.pyramid_refinement(fused, wanted)
+            fused = [
+                trace.add("R3", r, f) if r is not None else None
+                for r, f in zip(refined, fused, strict=True)
+            ]
         outputs = [
             trace.add("R4", self.output_projectors[level](f), self.residual_projectors[level](x))
-            for level, f, x in zip(self.levels, fused, query, strict=True)
+            if keep
+            else None
+            for level, f, x, keep in zip(self.levels, fused, query, wanted, strict=True)
         ]
         self.last_residuals = trace.seen
         return restore_format(outputs, query_features, self.levels)
 
     def query_only(
-        self, query_features: Sequence[Tensor] | Mapping[str, Tensor]
-    ) -> list[Tensor] | dict[str, Tensor]:
+        self,
+        query_features: Sequence[Tensor] | Mapping[str, Tensor],
+        *,
+        output_levels: Collection[str | int] | None = None,
+    ) -> list[Tensor | None] | dict[str, Tensor]:
         """The query-only path, the analogue of the report's authors' bypass for
         ``support_features=None``: per level, stage 3 alone on the raw query
         (``output_projectors[i](x) + residual_projectors[i](x)``). The per-scale fusion (attention
         and short-long branches) and the pyramid refinement are skipped; the support cannot
-        reach the output."""
+        reach the output. ``output_levels`` as in ``forward``."""
         query = as_level_list(query_features, "query_features", self.levels)
         check_query(query, self.query_channels, self.levels)
+        wanted = wanted_levels(output_levels, self.levels)
         query = channels_last(query)
         outputs = [
-            self.output_projectors[level](x) + self.residual_projectors[level](x)
-            for level, x in zip(self.levels, query, strict=True)
+            self.output_projectors[level](x) + self.residual_projectors[level](x) if keep else None
+            for level, x, keep in zip(self.levels, query, wanted, strict=True)
         ]
         return restore_format(outputs, query_features, self.levels)
 

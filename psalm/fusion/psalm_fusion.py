@@ -22,7 +22,7 @@ vector's scale, from the first step on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,7 @@ from psalm.fusion._inputs import (
     pool_support,
     resolve_levels,
     restore_format,
+    wanted_levels,
 )
 from psalm.fusion._layers import (
     DepthwiseSeparable,
@@ -207,17 +208,26 @@ class PSALMFusion(ParameterCounts, nn.Module):
         self,
         query_features: Sequence[Tensor] | Mapping[str, Tensor],
         support_features: Sequence[Tensor] | Mapping[str, Tensor] | None = None,
-    ) -> list[Tensor] | dict[str, Tensor]:
+        *,
+        output_levels: Collection[str | int] | None = None,
+    ) -> list[Tensor | None] | dict[str, Tensor]:
+        """``output_levels`` (names or positions; default all): only those levels' attention,
+        refinement and residual run, the others' outputs are ``None`` (left out of a dict). The
+        pyramid still sees every level, so a computed output equals the full forward's."""
         query = as_level_list(query_features, "query_features", self.levels)
         check_query(query, self.query_channels, self.levels)
+        wanted = wanted_levels(output_levels, self.levels)
         support = pool_support(
             support_features, self.support_channels, query[0].shape[0], self.levels
         )
         query = channels_last(query)
         trace = ResidualTracer()
         enriched = self.pyramid(query) if self.pyramid is not None else query
-        outputs = []
+        outputs: list[Tensor | None] = []
         for i, (level, x, e) in enumerate(zip(self.levels, query, enriched, strict=True)):
+            if not wanted[i]:
+                outputs.append(None)
+                continue
             s = None if support is None else support[i]
             attended = trace.add("R1", self.attentions[level](e, s), e)
             refined = self.refinement_projectors[level](attended)
@@ -226,18 +236,25 @@ class PSALMFusion(ParameterCounts, nn.Module):
         return restore_format(outputs, query_features, self.levels)
 
     def query_only(
-        self, query_features: Sequence[Tensor] | Mapping[str, Tensor]
-    ) -> list[Tensor] | dict[str, Tensor]:
+        self,
+        query_features: Sequence[Tensor] | Mapping[str, Tensor],
+        *,
+        output_levels: Collection[str | int] | None = None,
+    ) -> list[Tensor | None] | dict[str, Tensor]:
         """The query-only path, the report's authors' meaning of ``support_features=None``
         ("bypass"): per level, refinement of the raw query plus R2's projection of it
         (``refinement_projectors[i](x) + residual_projectors[i](x)``). Pyramid enrichment and
-        the modulated attention are skipped; the support cannot reach the output."""
+        the modulated attention are skipped; the support cannot reach the output.
+        ``output_levels`` as in ``forward``."""
         query = as_level_list(query_features, "query_features", self.levels)
         check_query(query, self.query_channels, self.levels)
+        wanted = wanted_levels(output_levels, self.levels)
         query = channels_last(query)
         outputs = [
             self.refinement_projectors[level](x) + self.residual_projectors[level](x)
-            for level, x in zip(self.levels, query, strict=True)
+            if keep
+            else None
+            for level, x, keep in zip(self.levels, query, wanted, strict=True)
         ]
         return restore_format(outputs, query_features, self.levels)
 
