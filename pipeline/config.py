@@ -225,7 +225,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     from psalm.detector import HEAD_SIMILARITIES, MATCH_ON, template_map_cells
     from psalm.fusion.psalm_fusion import SUPPORT_MODULATIONS
     from psalm.registry import ABLATION_FLAGS, FUSION_MODULES
-    from psalm.training import EVAL_MODES
+    from psalm.training import EVAL_MODES, PRECISIONS
 
     problems: list[str] = []
     model = cfg.get("model", {})
@@ -299,6 +299,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         value = train.get(key)
         if not isinstance(value, int) or value < 1:
             problems.append(f"train.{key} must be a positive integer, got {value!r}")
+    precision = train.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        problems.append(
+            f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
     data = cfg.get("data", {})
     for key in ("image_size", "support_size"):
         value = data.get(key)

@@ -131,6 +131,7 @@ def train_settings(cfg: dict[str, Any]) -> TrainSettings:
         eval_every=train["eval_every"],
         match_weight=train["match_weight"],
         similarity_weight=train.get("similarity_weight", 0.0),
+        precision=train.get("precision", "fp32"),
     )
 
 

@@ -14,6 +14,7 @@ the repository. Trained runs are module fixtures shared by several tests.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -437,6 +438,7 @@ def test_the_config_hash_follows_the_coco_annotations(
         (["model.match_on=head"], "model.match_on"),
         (["model=psalm", "model.support_modulation=softmax"], "model.support_modulation"),
         (["model=cheaf", "+model.support_modulation=layernorm"], "model.support_modulation"),
+        (["train.precision=fp16"], "train.precision"),
     ],
 )
 def test_invalid_configs_are_refused_naming_the_key(overrides: list[str], key: str) -> None:
@@ -449,3 +451,30 @@ def test_a_config_saved_before_clutter_prob_existed_rebuilds_its_cluttered_bench
     data_cfg = dict(make_spec(SMOKE).config["data"])
     assert data_cfg.pop("clutter_prob") == 0.0
     assert build_data(data_cfg).describe()["clutter_prob"] == 0.8
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_precision_sets_the_forward_arithmetic(precision: str, tmp_path: Path) -> None:
+    """``train.precision=bf16`` runs forward and loss under bf16 autocast (the backbone's maps
+    come out bf16) and trains to finite losses; fp32 stays fp32."""
+    from psalm.detector import FewShotDetector
+    from psalm.registry import build_fusion
+    from psalm.training import TrainSettings, fit
+
+    torch.manual_seed(0)
+    channels = [8, 16, 16, 16]
+    fusion = build_fusion("psalm", query_channels=channels, support_channels=channels,
+                          out_channels=channels, num_heads=4)  # fmt: skip
+    model = FewShotDetector(fusion, backbone_channels=channels, fused_channels=channels,
+                            head_channels=8, support_in_head=True, head_similarity="template",
+                            similarity_gate=True)  # fmt: skip
+    dtypes = []
+    model.backbone.register_forward_hook(lambda m, i, out: dtypes.append(out[0].dtype))
+    data = SyntheticGlyphs(image_size=64, support_size=32, n_val=2, n_test=2)
+    settings = TrainSettings(steps=2, batch_size=2, shots=1, lr=1e-3, weight_decay=0.0,
+                             warmup_steps=0, seed=0, similarity_weight=1.0,
+                             precision=precision)  # fmt: skip
+    summary = fit(model, data, settings, tmp_path)
+    assert math.isfinite(summary["final_loss"])
+    expected = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert dtypes and set(dtypes) == {expected}
