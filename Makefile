@@ -40,7 +40,7 @@ STAMP := $(VENV)/.installed
 # The torch pin lives in pyproject.toml only; TORCH_INDEX installs the same release from there.
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: help setup test lint format benchmark train evaluate \
+.PHONY: help setup test lint format benchmark profile train evaluate \
 	ablation-pyramid ablation-conv ablation-support ablations ablation-status ablation-cancel \
 	sweep sweep-status optuna-dashboard postgres-up postgres-down \
 	report notebook compare mlflow-ui slurm-up slurm-down clean distclean
@@ -89,6 +89,9 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 
 benchmark: $(STAMP) ## CHEAF vs PSALM: params, latency, memory, and the peer-comparable CPU setting (NCHW / channels-last, 1 and 2 threads); writes reports/benchmark.json
 	$(PY) -m psalm.benchmark $(ARGS)
+
+profile: $(STAMP) ## Time each part of a training step and a test evaluation (PSALM, CHEAF); writes reports/profile.{md,json}; run overrides via ARGS
+	$(PY) -m pipeline.profile --bf16 $(ARGS)
 
 train: $(STAMP) ## One training run recorded in MLflow, e.g. ARGS="model=psalm profile=smoke seed=0"
 	$(PY) -m psalm.train $(ARGS)
