@@ -101,8 +101,8 @@ evaluate: $(STAMP) ## Evaluate a trained run (COCO AP), overrides via ARGS
 
 ##@ Studies
 
-# DATA other than synthetic names the study <study>-<profile>-<DATA>, apart from the glyph study
-ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(DATA),data=$(DATA)) $(if $(filter-out synthetic,$(DATA)),label.study=$(patsubst ablation-%,%,$@)-$(PROFILE)-$(DATA))
+# DATA other than synthetic makes another study, <study>-<profile>-<DATA> (ablations/study.py)
+ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(DATA),data=$(DATA))
 ablation-pyramid: $(STAMP) ## Ablation study: no pyramid (main job); PROFILE, LAUNCHER
 	$(PY) -m ablations run pyramid profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
 

@@ -150,13 +150,17 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
 
 
 def study_id(study: Study, run_overrides: Sequence[str]) -> str:
-    """The study's name in MLflow (tag ``study``): ``<name>-<profile>``, or ``label.study=…``."""
+    """The study's name in MLflow (tag ``study``): ``<name>-<profile>``, plus ``-<data>`` on data
+    other than the glyph benchmark (``pyramid-default-video``), or ``label.study=…``."""
     explicit = [o.split("=", 1)[1] for o in run_overrides if o.startswith("label.study=")]
     if explicit:
         return explicit[-1]
     probe = make_spec([f"model={study.models[0]}", *_without_study(run_overrides)])
     profile = probe.config.get("profile", "default")
     sid = f"{'ablations' if study.name == ALL else study.name}-{profile}"
+    data = probe.config.get("data", {}).get("name", "synthetic")
+    if data != "synthetic":  # the same study on other data is another study
+        sid = f"{sid}-{data}"
     # a tuned model file (e.g. psalm_tuned from a sweep) makes another study, not more seeds
     tuned = [m for m in study.models if m != model_name(m)]
     return "-".join([sid, *tuned])

@@ -29,7 +29,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from ablations.__main__ import main
-from ablations.study import ALL, expand, load_study, study_folder
+from ablations.study import ALL, expand, load_study, study_folder, study_id
 from pipeline.config import ConfigError, RunSpec, flatten
 from pipeline.dispatch import LauncherConfig, dispatch, status, wait_for
 
@@ -137,6 +137,20 @@ def test_one_invalid_cell_fails_the_study_before_dispatch(
     assert runs == [], "an invalid study recorded MLflow runs"
     assert not study_folder(sid, tmp_path / "runs").exists(), "an invalid study dispatched"
     assert not (tmp_path / "runs").exists(), "an invalid study wrote run folders"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], "pyramid-smoke"),
+        (["data=synthetic"], "pyramid-smoke"),
+        (["data=video"], "pyramid-smoke-video"),
+        (["data=video", "label.study=mine"], "mine"),
+    ],
+)
+def test_the_study_id_names_data_other_than_the_glyph_benchmark(overrides, expected) -> None:
+    """The same study on drone video is another study, not more seeds of the glyph one."""
+    assert study_id(load_study("pyramid"), [*SMOKE, *overrides]) == expected
 
 
 def test_a_run_override_for_the_studied_model_only_is_accepted() -> None:
