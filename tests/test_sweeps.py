@@ -122,6 +122,7 @@ def test_the_shipped_sweeps_are_valid():
 # --- debug: end to end, pruning, deduplication ----------------------------------------------
 
 
+@pytest.mark.slow  # trains smoke trials
 def test_debug_sweep_end_to_end(tmp_path, tmp_mlflow_uri, capsys):
     path = write_sweep(tmp_path)
     rc = main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"])
@@ -168,6 +169,7 @@ def test_debug_sweep_end_to_end(tmp_path, tmp_mlflow_uri, capsys):
     assert len(batches(tmp_path)) == n
 
 
+@pytest.mark.slow  # trains smoke trials
 def test_pruned_trials_stop_early_and_are_recorded(tmp_path, tmp_mlflow_uri, capsys):
     # A threshold no model reaches: every trial is pruned at its first validation (step 2).
     # No trial completed, so there is no result to export: the sweep says so and exits 1.
@@ -192,6 +194,7 @@ def test_pruned_trials_stop_early_and_are_recorded(tmp_path, tmp_mlflow_uri, cap
     assert not any(k.startswith("test/") for r in runs for k in r.data.metrics)
 
 
+@pytest.mark.slow  # trains smoke trials
 def test_duplicate_parameters_are_not_trained_again(tmp_path, tmp_mlflow_uri):
     path = write_sweep(
         tmp_path,
@@ -269,6 +272,7 @@ def _running_job(path: Path):
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_local_sweep_runs_trials_in_parallel_processes(tmp_path, tmp_mlflow_uri):
     path = write_sweep(tmp_path, trials=2, workers=2, pruner={"name": "none"})
@@ -281,6 +285,7 @@ def test_local_sweep_runs_trials_in_parallel_processes(tmp_path, tmp_mlflow_uri)
     assert starts[1] < ends[0]  # both were in flight at once
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_killed_driver_resumes_the_same_sweep(tmp_path, tmp_mlflow_uri):
     path = write_sweep(tmp_path, trials=2, pruner={"name": "none"})
@@ -297,6 +302,7 @@ def test_killed_driver_resumes_the_same_sweep(tmp_path, tmp_mlflow_uri):
     assert trials[0].params == trial.params
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_a_killed_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, tmp_mlflow_uri):
     path = write_sweep(tmp_path, trials=1, pruner={"name": "none"})
@@ -327,6 +333,7 @@ def test_a_killed_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, tmp_
 # --- storage servers ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_sweep_on_postgresql_storage_with_parallel_workers(tmp_path, tmp_mlflow_uri, postgres_url):
     name = f"pg{os.getpid()}{int(time.time())}"
@@ -339,6 +346,7 @@ def test_sweep_on_postgresql_storage_with_parallel_workers(tmp_path, tmp_mlflow_
     optuna.delete_study(study_name=f"{name}-smoke", storage=postgres_url)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_slurm_sweep(tmp_path, tmp_mlflow_uri, slurm_cluster):
     path = write_sweep(tmp_path, trials=2, workers=2)
@@ -350,6 +358,7 @@ def test_slurm_sweep(tmp_path, tmp_mlflow_uri, slurm_cluster):
     assert all(t.user_attrs["host"] == socket.gethostname() for t in trials)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_make_optuna_dashboard_serves_the_sweep_storage(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
