@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.config import CONF_DIR, make_spec
+    from pipeline.config import CONF_DIR, make_spec, user_conf_dir
     from pipeline.mlflow_server import shared_tracking
     from pipeline.tracking import tracking_uri
     from sweeps.config import load_sweep
@@ -64,10 +64,11 @@ def _run(args: argparse.Namespace) -> int:
         path, others = export_best(sweep, summary)
         print(f"\nbest configuration written to {path}")
         extra = (" " + " ".join(others)) if others else ""
-        if path.parent == CONF_DIR / "model":
+        model_dirs = (CONF_DIR / "model", user_conf_dir() / "model")
+        if path.parent in model_dirs:
             print(f'ablate it: make ablation-pyramid ARGS="models=[{path.stem}]{extra}"')
         else:
-            print(f"(outside {CONF_DIR / 'model'}: copy it there to ablate it as models=[…])")
+            print(f"(outside {model_dirs[1]}: copy it there to ablate it as models=[…])")
     return 0
 
 

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from pipeline.config import CONF_DIR, REPO_ROOT, ConfigError
+from pipeline.config import CONF_DIR, REPO_ROOT, USER_CONF_ENV, ConfigError, make_spec
 from sweeps.__main__ import main
 from sweeps.config import load_sweep
 
@@ -107,9 +107,14 @@ def test_unknown_run_override_is_rejected(tmp_path):
         load_sweep(str(path), ["modle.lr=0.1"])
 
 
-def test_the_shipped_sweeps_are_valid():
+def test_the_shipped_sweeps_are_valid(monkeypatch):
+    from pipeline.config import user_conf_dir
+    from sweeps.export import export_path
+
+    monkeypatch.delenv(USER_CONF_ENV, raising=False)
     for name in ("psalm", "cheaf"):
         sweep = load_sweep(name, ["profile=smoke"])
+        assert export_path(sweep) == user_conf_dir() / "model" / f"{name}_tuned.yaml"
         assert sweep.metric == "val/nAP50"
         assert {p.key for p in sweep.space} == {
             "model.lr",
@@ -213,23 +218,46 @@ def test_duplicate_parameters_are_not_trained_again(tmp_path, tmp_mlflow_uri):
     assert len(batches(tmp_path)) == 2
 
 
-def test_tuned_model_file_feeds_an_ablation_study(tmp_path):
+def test_tuned_model_file_feeds_an_ablation_study(tmp_path, monkeypatch):
+    """A tuned model file lives in the user config folder (not the package's conf/) and is a
+    model option there: an ablation study and a single run both find it by name."""
     from ablations.study import expand, load_study
 
-    path = CONF_DIR / "model" / f"zz_test_tuned_{os.getpid()}.yaml"
+    monkeypatch.setenv(USER_CONF_ENV, str(tmp_path / "conf"))
+    name = f"zz_test_tuned_{os.getpid()}"
+    path = tmp_path / "conf" / "model" / f"{name}.yaml"
+    path.parent.mkdir(parents=True)
     tuned = OmegaConf.load(CONF_DIR / "model" / "psalm.yaml")
     tuned.lr = 1.234e-4
     path.write_text(OmegaConf.to_yaml(tuned))
-    try:
-        study = load_study("pyramid", [f"models=[{path.stem}]", "seeds=[0]"])
-        plan = expand(study, ["profile=smoke", f"output_dir={tmp_path}"])
-    finally:
-        path.unlink()
-    assert plan.study == f"pyramid-smoke-{path.stem}"  # not mixed with the untuned study
+    study = load_study("pyramid", [f"models=[{name}]", "seeds=[0]"])
+    plan = expand(study, ["profile=smoke", f"output_dir={tmp_path}"])
+    assert plan.study == f"pyramid-smoke-{name}"  # not mixed with the untuned study
     arms = {s.config["label"]["arm"]: s.config for s in plan.train}
     assert set(arms) == {"baseline", "no_pyramid"}
     assert all(c["model"]["lr"] == pytest.approx(1.234e-4) for c in arms.values())
     assert arms["no_pyramid"]["model"]["use_pyramid"] is False
+    assert make_spec([f"model={name}", "profile=smoke"]).config["model"]["lr"] == pytest.approx(
+        1.234e-4
+    )
+    assert not (CONF_DIR / "model" / f"{name}.yaml").exists()
+
+
+def test_sweeps_export_outside_the_package_conf(tmp_path, monkeypatch):
+    """The best trial goes to <user config folder>/model/<model>_tuned.yaml, which is on the
+    config search path, never into conf/ (a source folder of the package); the shipped sweeps
+    keep that default (checked in test_the_shipped_sweeps_are_valid)."""
+    from pipeline.config import user_conf_dir
+    from sweeps.export import export_path
+
+    monkeypatch.delenv(USER_CONF_ENV, raising=False)
+    default = user_conf_dir() / "model" / "psalm_tuned.yaml"
+    assert CONF_DIR not in default.parents
+    check_ignore = ["git", "check-ignore", "-q", str(default)]
+    assert subprocess.run(check_ignore, cwd=REPO_ROOT).returncode == 0  # not source: git ignores it
+    monkeypatch.setenv(USER_CONF_ENV, str(tmp_path / "mine"))
+    sweep = load_sweep(str(write_sweep(tmp_path, export=None)), ["profile=smoke"])
+    assert export_path(sweep) == tmp_path / "mine" / "model" / "psalm_tuned.yaml"
 
 
 # --- local queue: parallel workers, resume, dead trials ---------------------------------------
