@@ -58,7 +58,7 @@ class RunSpec:
         return f"{c['model']['name']}/{c['label']['arm'] or 'baseline'}/seed{c['seed']}"
 
     def tags(self) -> dict[str, str]:
-        """The MLflow tags of DESIGN.md (``git_sha`` is added by the tracker)."""
+        """The MLflow tags of docs/design.md (``git_sha`` is added by the tracker)."""
         c = self.config
         tags = {
             "study": str(c["label"]["study"] or ""),
