@@ -254,6 +254,7 @@ def comparison(tmp_path_factory) -> Path:
     return Path(stdout.getvalue().strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # its fixture writes two studies' dashboards
 def test_compare_page_overlays_both_studies_plots(comparison):
     html = comparison.read_text()
     for ablation in ("pyramid", "support", "conv"):
