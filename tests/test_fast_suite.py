@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import tomllib
 from conftest import MARKER_OF_FIXTURE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,14 +22,12 @@ def _fast_expression() -> str:
     return match.group(1).strip()
 
 
-def test_test_fast_leaves_out_every_service_and_slow_marker() -> None:
+def test_test_fast_leaves_out_every_service_and_slow_marker(pytestconfig: pytest.Config) -> None:
     expression = _fast_expression()
     left_out = set(re.findall(r"not (\w+)", expression))
     assert left_out == SERVICE_MARKERS
-    registered = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"][
-        "ini_options"
-    ]["markers"]
-    assert SERVICE_MARKERS <= {m.split(":")[0] for m in registered}
+    registered = {m.split(":")[0] for m in pytestconfig.getini("markers")}
+    assert SERVICE_MARKERS <= registered
 
 
 def test_tests_that_use_a_service_fixture_carry_its_marker(request: pytest.FixtureRequest) -> None:
