@@ -40,7 +40,7 @@ STAMP := $(VENV)/.installed
 # The torch pin lives in pyproject.toml only; TORCH_INDEX installs the same release from there.
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: help setup test lint format benchmark profile train evaluate \
+.PHONY: help setup test test-fast lint format benchmark profile train evaluate \
 	ablation-pyramid ablation-conv ablation-support ablations ablation-status ablation-cancel \
 	sweep sweep-status optuna-dashboard postgres-up postgres-down \
 	report notebook compare mlflow-ui slurm-up slurm-down clean distclean
@@ -75,6 +75,15 @@ $(STAMP): pyproject.toml
 test: $(STAMP) ## Run the test suite (pytest; extra options via ARGS)
 	@$(PY) -m pytest -q $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); treated as a failure." >&2; fi; \
+	exit $$rc
+
+# Tests that need a service (SLURM, PostgreSQL, Chromium) or take more than a few seconds (slow,
+# soak) are marked (pyproject.toml); test-fast leaves them out, test runs everything.
+FAST_TESTS := not slow and not slurm and not browser and not postgres and not soak
+
+test-fast: $(STAMP) ## The tests that need no service and take seconds: no slow / SLURM / browser / PostgreSQL (extra options via ARGS)
+	@$(PY) -m pytest -q -m "$(FAST_TESTS)" $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests (exit 5); treated as a failure." >&2; fi; \
 	exit $$rc
 
 lint: $(STAMP) ## Check style: ruff check + ruff format --check

@@ -36,23 +36,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ablations.study import STUDY_KEYS, Plan, expand, load_study, study_folder, study_names
 from pipeline.cli import OneLineParser, guarded
-from pipeline.config import NON_IDENTITY_KEYS, RunSpec, flatten
-from pipeline.dispatch import (
-    FINAL_STATES,
-    LauncherConfig,
-    batch_folders,
-    cancel,
-    dispatch,
-    format_status,
-    status,
-)
-from pipeline.mlflow_server import shared_tracking
-from pipeline.processes import owned_processes
-from pipeline.run import run, run_dir
-from pipeline.tracking import Tracker, tracking_uri
+
+if TYPE_CHECKING:
+    from ablations.study import Plan
+    from pipeline.config import RunSpec
+    from pipeline.dispatch import LauncherConfig
+    from pipeline.tracking import Tracker
+
+# torch, Hydra, MLflow and submitit are imported inside the commands that use them, so that
+# `--help` and argument errors answer at once.
 
 CELLS_FILE = "cells.json"  # in the study folder: each cell's config when the study first ran it
 
@@ -64,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ablations.study import STUDY_KEYS, expand, load_study, study_folder
+    from pipeline.dispatch import LauncherConfig
+    from pipeline.tracking import Tracker, tracking_uri
+
     study_overrides = [o for o in args.overrides if o.split("=", 1)[0] in STUDY_KEYS]
     run_overrides = [o for o in args.overrides if o.split("=", 1)[0] not in STUDY_KEYS]
     t0 = time.perf_counter()
@@ -133,6 +132,11 @@ def _dispatch_study(
     """Dispatch the training phase, then the evaluation phase; None once both have ended, or
     the exit code after a ``--no-wait`` submission. The driver owns the queue and the server:
     they end with it (``pipeline.processes``)."""
+    from pipeline.dispatch import dispatch
+    from pipeline.mlflow_server import shared_tracking
+    from pipeline.processes import owned_processes
+    from pipeline.run import run
+
     parallel = launcher.kind == "local" and len(todo_train) + len(todo_eval) > 1
     with owned_processes(folder), shared_tracking(uri, parallel and not args.no_wait):
         for phase, specs in (("training", todo_train), ("evaluation", todo_eval)):
@@ -166,6 +170,8 @@ def _dispatch_study(
 
 def _cell_configs(plan: Plan) -> dict[str, dict[str, object]]:
     """cell → its flattened resolved config, without labels and where/how it runs."""
+    from pipeline.config import NON_IDENTITY_KEYS, flatten
+
     return {
         _cell(spec): {
             key: value
@@ -185,6 +191,8 @@ def _drift(plan: Plan, output_dir: str) -> tuple[str, str] | None:
     """(a cell, what changed) if the plan gives a cell of the study a config other than the one
     it was first run with (``cells.json`` in the study folder); None if nothing changed. New
     cells (more seeds, another model) are not a change."""
+    from ablations.study import study_folder
+
     recorded = _read_json(study_folder(plan.study, output_dir) / CELLS_FILE) or {}
     for cell, config in _cell_configs(plan).items():
         before = recorded.get(cell)
@@ -201,6 +209,8 @@ def _drift(plan: Plan, output_dir: str) -> tuple[str, str] | None:
 
 
 def _record_cells(plan: Plan, output_dir: str) -> None:
+    from ablations.study import study_folder
+
     path = study_folder(plan.study, output_dir) / CELLS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     cells = {**(_read_json(path) or {}), **_cell_configs(plan)}
@@ -219,6 +229,8 @@ def _read_json(path: Path) -> dict | None:
 def _interrupted(args: argparse.Namespace, plan: Plan, tracker: Tracker, why: str) -> None:
     """After Ctrl-C (the local queue already stopped its jobs): end the study's RUNNING runs as
     KILLED, resumable, and say in one line how to resume."""
+    from pipeline.run import run_dir
+
     tracker.end_unowned([(s.config_hash, run_dir(s)) for s in plan.all])
     print(
         f"\ninterrupted ({why}): the study's jobs are stopped and their unfinished runs marked "
@@ -246,10 +258,11 @@ def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[st
     Each round is an ordinary ``run`` with explicit ``models=`` and ``seeds=``; finished runs
     are never repeated, so an interrupted adaptive study resumes where it stopped.
     """
-    from ablations.study import model_name
+    from ablations.study import STUDY_KEYS, expand, model_name
     from analysis import analyze_study
     from analysis.sequential import SeedSchedule
     from analysis.study_run import design_params, open_study_run, publish_study
+    from pipeline.tracking import Tracker, tracking_uri
 
     schedule: SeedSchedule = study.schedule
     if args.no_wait:
@@ -295,6 +308,8 @@ def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[list, list, int
     """The specs still to run, the number FINISHED and the number held by a live process (those
     are dispatched too: their job waits for the cell's lease, then finds the run finished);
     ``force`` retires FINISHED runs (deleted in MLflow, restorable)."""
+    from pipeline.run import run_dir
+
     train, evaluate, finished, live = [], [], 0, 0
     for spec in plan.all:
         state = tracker.state(spec.config_hash, run_dir(spec))
@@ -345,6 +360,9 @@ def arm_table(runs, metric: str) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from ablations.study import study_folder
+    from pipeline.dispatch import format_status, status
+
     root = study_folder("_", args.output_dir).parent
     studies = [args.study] if args.study else sorted(p.name for p in root.glob("*") if p.is_dir())
     if not studies:
@@ -360,6 +378,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
+    from pipeline.dispatch import FINAL_STATES, batch_folders, cancel, status
+    from pipeline.tracking import Tracker
+
     folder = _dispatched(args.study, args.output_dir)
     if folder is None:
         return 2
@@ -386,6 +407,8 @@ def _cancel(args: argparse.Namespace) -> int:
 
 def _dispatched(study: str, output_dir: str) -> Path | None:
     """The folder of a dispatched study, or None after an error naming the known ones."""
+    from ablations.study import study_folder
+
     folder = study_folder(study, output_dir)
     if folder.exists():
         return folder
@@ -396,6 +419,8 @@ def _dispatched(study: str, output_dir: str) -> Path | None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from ablations.study import study_names
+
     print("\n".join(study_names()))
     return 0
 
@@ -405,7 +430,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(required=True)
     p = sub.add_parser("run", help="run a study (expand, validate, dispatch, wait, report)")
-    p.add_argument("name", help=f"one of {', '.join(study_names())}")
+    p.add_argument("name", help="a study of conf/ablation/ (`list` names them), or all")
     p.add_argument("overrides", nargs="*", help="models=[…] seeds=[…] and per-run overrides")
     p.add_argument("--no-wait", action="store_true", help="submit and return (cluster use)")
     p.add_argument("--force", action="store_true", help="rerun runs that already finished")
@@ -433,4 +458,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["RunSpec", "main"]
+__all__ = ["main"]

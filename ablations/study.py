@@ -28,7 +28,15 @@ from omegaconf import OmegaConf
 
 from analysis.arms import parse_parts, parse_removes
 from analysis.sequential import SeedSchedule
-from pipeline.config import CONF_DIR, REPO_ROOT, ConfigError, RunSpec, make_spec
+from pipeline.config import (
+    CONF_DIR,
+    REPO_ROOT,
+    ConfigError,
+    RunSpec,
+    group_options,
+    make_spec,
+    option_file,
+)
 from pipeline.run import check_spec
 
 STUDY_DIR = CONF_DIR / "ablation"
@@ -125,7 +133,7 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
         raise ConfigError(f"models must be a list such as models=[psalm,cheaf], got {models!r}")
     if isinstance(seeds, int | str) or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"seeds must be a list of integers such as seeds=[0,1,2], got {seeds!r}")
-    known = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+    known = group_options("model")
     unknown = [m for m in models if m not in known]
     if unknown:
         raise ConfigError(
@@ -168,7 +176,7 @@ def study_id(study: Study, run_overrides: Sequence[str]) -> str:
 
 def model_name(group: str) -> str:
     """The fusion module a model config (``conf/model/<group>.yaml``) uses: its ``name``."""
-    return str(OmegaConf.load(CONF_DIR / "model" / f"{group}.yaml").name)
+    return str(OmegaConf.load(option_file("model", group)).name)
 
 
 def _without_study(overrides: Sequence[str]) -> list[str]:

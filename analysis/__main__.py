@@ -22,22 +22,18 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from analysis.claims import DEFAULT_BENCHMARK
-from analysis.compare import (
-    compare_studies,
-    format_comparison,
-    same_study_warning,
-    write_comparison,
-)
-from analysis.dashboard import DEFAULT_REPORTS, write_dashboard
-from analysis.deltas import INTERVALS
-from analysis.runs import list_studies
-from analysis.study import StudyAnalysis, analyze_study
-from analysis.verdicts import VERDICT_COLUMNS, format_verdicts
 from pipeline.cli import DEBUG_HINT, OneLineParser, debug_requested, one_line
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from analysis.study import StudyAnalysis
+
+# pandas, MLflow and matplotlib are imported inside the commands that use them, so that `--help`
+# and argument errors answer at once. The defaults below are those of analysis.dashboard,
+# analysis.claims and analysis.deltas (None here: filled in by the command).
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _verdicts(args: argparse.Namespace) -> int:
+    from analysis.verdicts import VERDICT_COLUMNS, format_verdicts
+
     analysis = _analyze(args, args.study)
     if args.format == "json":
         print(json.dumps(to_records(analysis.verdicts[VERDICT_COLUMNS]), indent=2))
@@ -69,6 +67,9 @@ def _verdicts(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from analysis.claims import DEFAULT_BENCHMARK
+    from analysis.dashboard import DEFAULT_REPORTS, write_dashboard
+
     analysis = _analyze(args, args.study)
     _warn_excluded(analysis, sys.stderr)
     if args.mlflow:
@@ -78,20 +79,32 @@ def _report(args: argparse.Namespace) -> int:
         print(
             f"MLflow: verdict table and plots in the study's parent run {run_id}", file=sys.stderr
         )
-    print(write_dashboard(analysis, args.out, args.ui_url, args.benchmark))
+    out = DEFAULT_REPORTS if args.out is None else args.out
+    benchmark = DEFAULT_BENCHMARK if args.benchmark is None else args.benchmark
+    print(write_dashboard(analysis, out, args.ui_url, benchmark))
     return 0
 
 
 def _notebook(args: argparse.Namespace) -> int:
+    from analysis.dashboard import DEFAULT_REPORTS
     from analysis.notebook import run_notebook
 
-    notebook, page = run_notebook(args.study, args.out, args.tracking_uri, args.metric)
+    out = DEFAULT_REPORTS if args.out is None else args.out
+    notebook, page = run_notebook(args.study, out, args.tracking_uri, args.metric)
     print(notebook)
     print(page)
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from analysis.compare import (
+        compare_studies,
+        format_comparison,
+        same_study_warning,
+        write_comparison,
+    )
+    from analysis.dashboard import DEFAULT_REPORTS
+
     a, b = _analyze(args, args.study_a), _analyze(args, args.study_b)
     warning = same_study_warning(a, b)
     if warning:
@@ -102,12 +115,14 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         print(format_comparison(table))
     # JSON mode keeps stdout machine-readable: the page's path goes to stderr.
-    path = write_comparison(a, b, args.out, args.alpha)
+    path = write_comparison(a, b, DEFAULT_REPORTS if args.out is None else args.out, args.alpha)
     print(path, file=sys.stderr if args.format == "json" else sys.stdout)
     return 0
 
 
 def _studies(args: argparse.Namespace) -> int:
+    from analysis.runs import list_studies
+
     studies = list_studies(args.tracking_uri)
     for study in studies:
         print(study)
@@ -134,10 +149,14 @@ def to_records(frame: pd.DataFrame) -> list[dict]:
 
 
 def _analyze(args: argparse.Namespace, study: str) -> StudyAnalysis:
+    from analysis.study import analyze_study
+
     return analyze_study(study, args.tracking_uri, args.metric, args.expectations, args.interval)
 
 
 def _warn_excluded(analysis: StudyAnalysis, stream) -> None:
+    import pandas as pd
+
     excluded = analysis.deltas.excluded
     if excluded.empty:
         return
@@ -164,14 +183,14 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--expectations", help="default: conf/expectations.yaml")
     common.add_argument(
         "--interval",
-        choices=sorted(INTERVALS),
         default="t",
-        help="confidence interval over per-seed deltas: t = Student t (default), normal = TFA's z",
+        help="confidence interval over per-seed deltas (analysis.deltas.INTERVALS): t = Student t "
+        "(default), normal = TFA's z, anytime = anytime-valid confidence sequence",
     )
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--format", choices=["table", "json"], default="table")
     pages = argparse.ArgumentParser(add_help=False)
-    pages.add_argument("--out", default=str(DEFAULT_REPORTS), help="default: %(default)s")
+    pages.add_argument("--out", help="folder of the pages (default: reports)")
 
     sub = commands.add_parser("verdicts", parents=[common, output], help="print the verdict table")
     sub.add_argument("study")
@@ -183,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ui-url",
         help="MLflow UI the run links point to (default: $MLFLOW_UI_URL or http://127.0.0.1:5000)",
     )
-    sub.add_argument("--benchmark", default=str(DEFAULT_BENCHMARK), help="default: %(default)s")
+    sub.add_argument("--benchmark", help="make benchmark's JSON (default: reports/benchmark.json)")
     sub.add_argument(
         "--no-mlflow",
         dest="mlflow",

@@ -32,6 +32,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import psutil
 from submitit.core.utils import DelayedSubmission, JobPaths, environment_variables
 from submitit.local.local import start_controller
 
@@ -61,12 +62,11 @@ def read_json(path: Path) -> Any:
 def process_runs(pid: int, marker: str) -> bool:
     """Whether `pid` is alive and its command line contains `marker` (guards against pid reuse)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    # A zombie (state Z, third field of /proc/<pid>/stat) has finished.
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:  # it has finished
+            return False
+        cmdline = " ".join(process.cmdline())
+    except psutil.Error:  # gone, a zombie by now, or not ours to read
         return False
     # Right after Popen returns, the child may still be inside exec, with an empty command line.
     return not cmdline or marker in cmdline

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ import psalm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
+# Config options the pipeline writes (a sweep's tuned model, ``model/<model>_tuned.yaml``) go to
+# this folder, never into the package's conf/; Hydra searches it after conf/ (see user_conf_dir).
+USER_CONF_ENV = "PSALM_USER_CONF"
 # Keys that say where/how a run executes or how it is labelled, not what it computes.
 NON_IDENTITY_KEYS = ("launcher", "tracking", "output_dir", "label", "hydra")
 
@@ -54,7 +58,7 @@ class RunSpec:
         return f"{c['model']['name']}/{c['label']['arm'] or 'baseline'}/seed{c['seed']}"
 
     def tags(self) -> dict[str, str]:
-        """The MLflow tags of DESIGN.md (``git_sha`` is added by the tracker)."""
+        """The MLflow tags of docs/design.md (``git_sha`` is added by the tracker)."""
         c = self.config
         tags = {
             "study": str(c["label"]["study"] or ""),
@@ -95,12 +99,39 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
+def user_conf_dir() -> Path:
+    """Where config options made by the pipeline live: ``$PSALM_USER_CONF``, else ``runs/conf/``
+    in the repository (ignored by git). Its groups extend ``conf/``'s: ``model=psalm_tuned``
+    finds ``<it>/model/psalm_tuned.yaml``. Options in ``conf/`` win over same-named ones here."""
+    configured = os.environ.get(USER_CONF_ENV)
+    path = Path(configured) if configured else REPO_ROOT / "runs" / "conf"
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (``model`` → ``cheaf, psalm, psalm_tuned, …``)."""
+    return sorted({p.stem for d in (CONF_DIR, user_conf_dir()) for p in (d / group).glob("*.yaml")})
+
+
+def option_file(group: str, option: str) -> Path:
+    """The file of a config group's option, as Hydra finds it (``conf/`` first)."""
+    for folder in (CONF_DIR, user_conf_dir()):
+        path = folder / group / f"{option}.yaml"
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"unknown {group} {option!r}; choose one of {', '.join(group_options(group))}"
+    )
+
+
 def _compose(overrides: Sequence[str]) -> DictConfig:
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
+    user = user_conf_dir()  # searched only once it exists (Hydra warns about a missing folder)
+    searchpath = [f"hydra.searchpath=['file://{user}']"] if user.is_dir() else []
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            return compose(config_name="config", overrides=list(overrides))
+            return compose(config_name="config", overrides=[*searchpath, *overrides])
     except Exception as exc:  # Hydra's errors name the bad override; keep them, add context
         raise ConfigError(_hydra_error(exc, overrides)) from exc
 
@@ -133,7 +164,7 @@ def _hydra_error(exc: Exception, overrides: Sequence[str]) -> str:
     match = re.search(r"Could not find '([^']+)'", text)
     if match:  # a config group option that does not exist, e.g. launcher=slurmm
         group = match.group(1).split("/")[0]
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        options = group_options(group)
         if options:
             name = match.group(1).split("/")[-1]
             return f"unknown {group} {name!r}; choose one of {', '.join(options)}"

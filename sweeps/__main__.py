@@ -22,17 +22,16 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-
-from optuna.trial import TrialState
+from typing import TYPE_CHECKING
 
 from pipeline.cli import OneLineParser, guarded
-from pipeline.config import CONF_DIR, make_spec
-from pipeline.mlflow_server import shared_tracking
-from pipeline.tracking import tracking_uri
-from sweeps.config import Sweep, load_sweep, sweep_names
-from sweeps.driver import Summary, drive, summarize
-from sweeps.export import export_best
-from sweeps.study import open_storage, open_study
+
+if TYPE_CHECKING:
+    from sweeps.config import Sweep
+    from sweeps.driver import Summary
+
+# Optuna, Hydra, MLflow and torch are imported inside the commands that use them, so that
+# `--help` and argument errors answer at once.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,6 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pipeline.config import CONF_DIR, make_spec, user_conf_dir
+    from pipeline.mlflow_server import shared_tracking
+    from pipeline.tracking import tracking_uri
+    from sweeps.config import load_sweep
+    from sweeps.driver import drive
+    from sweeps.export import export_best
+
     sweep = load_sweep(args.name, args.overrides)
     base = make_spec(list(sweep.run_overrides)).config
     uri = tracking_uri(base["tracking"]["uri"])
@@ -58,15 +64,20 @@ def _run(args: argparse.Namespace) -> int:
         path, others = export_best(sweep, summary)
         print(f"\nbest configuration written to {path}")
         extra = (" " + " ".join(others)) if others else ""
-        if path.parent == CONF_DIR / "model":
+        model_dirs = (CONF_DIR / "model", user_conf_dir() / "model")
+        if path.parent in model_dirs:
             print(f'ablate it: make ablation-pyramid ARGS="models=[{path.stem}]{extra}"')
         else:
-            print(f"(outside {CONF_DIR / 'model'}: copy it there to ablate it as models=[…])")
+            print(f"(outside {model_dirs[1]}: copy it there to ablate it as models=[…])")
     return 0
 
 
 def _why_no_result(sweep: Sweep) -> str:
     """One line: the sweep has no completed trial, and the most common failure."""
+    from optuna.trial import TrialState
+
+    from sweeps.study import open_storage, open_study
+
     trials = open_study(sweep, open_storage(sweep)).get_trials(deepcopy=False)
     failures = [t.user_attrs.get("failure", "no reason recorded") for t in trials]
     failures = [f for t, f in zip(trials, failures, strict=True) if t.state == TrialState.FAIL]
@@ -109,6 +120,8 @@ def _print_summary(sweep: Sweep, summary: Summary) -> None:
 
 
 def trial_table(sweep: Sweep, trials) -> str:
+    from optuna.trial import TrialState
+
     rows = [("#", "state", sweep.metric, "steps", "s", "params / note")]
     for t in trials:
         value = "-" if t.value is None else f"{t.value:.4f}"
@@ -139,6 +152,10 @@ def trial_table(sweep: Sweep, trials) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from sweeps.config import load_sweep
+    from sweeps.driver import summarize
+    from sweeps.study import open_storage, open_study
+
     sweep = load_sweep(args.name, args.overrides)
     storage = open_storage(sweep)
     try:
@@ -155,6 +172,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from sweeps.config import load_sweep
+    from sweeps.driver import summarize
+    from sweeps.export import export_best
+    from sweeps.study import open_storage, open_study
+
     sweep = load_sweep(args.name, args.overrides)
     study = open_study(sweep, open_storage(sweep))
     path, others = export_best(sweep, summarize(sweep, study.get_trials(deepcopy=False), 0.0))
@@ -165,6 +187,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from sweeps.config import sweep_names
+
     print("\n".join(sweep_names()))
     return 0
 
@@ -174,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(required=True)
     p = sub.add_parser("run", help="run (or resume) a sweep: validate, dispatch, wait, export")
-    p.add_argument("name", help=f"one of {', '.join(sweep_names())} (or a .yaml path)")
+    p.add_argument("name", help="a sweep of conf/sweep/ (`list` names them), or a .yaml path")
     p.add_argument("overrides", nargs="*", help="sweep settings and per-run overrides")
     p.add_argument("--no-wait", action="store_true", help="dispatch the first trials and return")
     p.add_argument("--no-export", action="store_true", help="do not write the tuned model file")

@@ -97,7 +97,7 @@ class Sweep:
     heartbeat_s: int
     max_retries: int
     run_overrides: tuple[str, ...]  # every trial's run gets these (model=…, profile=…, …)
-    export: str  # where the best model config is written ({model} is filled in)
+    export: str  # where the best model config is written ({model} is filled in); "": the default
     steps: int  # train.steps of a trial (for trial-step accounting and Hyperband)
     settings: dict[str, Any] = field(default_factory=dict, compare=False)  # as loaded, for MLflow
 
@@ -230,7 +230,7 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         heartbeat_s=heartbeat_s,
         max_retries=max_retries,
         run_overrides=tuple(base_overrides),
-        export=str(cfg.get("export") or "conf/model/{model}_tuned.yaml"),
+        export=str(cfg.get("export") or ""),  # "": sweeps.export.export_path's default
         steps=int(base["train"]["steps"]),
         settings=cfg,
     )

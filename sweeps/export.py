@@ -1,10 +1,11 @@
 """Export a sweep's best trial as a model config that ablations can use ("tune, then ablate").
 
 The best ``model.*`` values replace the base model file's (``conf/model/<model>.yaml``) and the
-result is written to the sweep's ``export`` path (default ``conf/model/<model>_tuned.yaml``), with
-a header saying which sweep, profile, trial and value it came from. Searched keys outside
-``model.*`` (say ``train.warmup_scale``) cannot live in a model file: they are listed in the header
-and returned as overrides to add to the ablation's command.
+result is written to the sweep's ``export`` path (default ``runs/conf/model/<model>_tuned.yaml``,
+``pipeline.config.user_conf_dir``: outside the package's ``conf/``, on Hydra's search path, so
+``model=<model>_tuned`` finds it), with a header saying which sweep, profile, trial and value it
+came from. Searched keys outside ``model.*`` (say ``train.warmup_scale``) cannot live in a model
+file: they are listed in the header and returned as overrides to add to the ablation's command.
 
     make sweep MODEL=psalm PROFILE=default
     make ablation-pyramid ARGS="models=[psalm_tuned]"
@@ -20,18 +21,26 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, REPO_ROOT
+from pipeline.config import REPO_ROOT, option_file, user_conf_dir
 from sweeps.config import Sweep, override
 from sweeps.driver import Summary
+
+
+def export_path(sweep: Sweep) -> Path:
+    """Where ``export_best`` writes: the sweep's ``export`` (relative: to the repository), or by
+    default ``<user_conf_dir>/model/<model>_tuned.yaml``."""
+    if not sweep.export:
+        return user_conf_dir() / "model" / f"{sweep.model}_tuned.yaml"
+    path = Path(sweep.export.format(model=sweep.model))
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def export_best(sweep: Sweep, summary: Summary) -> tuple[Path, list[str]]:
     """Write the tuned model file; returns its path and the non-model overrides."""
     if summary.best_trial is None:
         raise ValueError(f"sweep {sweep.sweep_id} has no complete trial to export")
-    path = Path(sweep.export.format(model=sweep.model))
-    path = path if path.is_absolute() else REPO_ROOT / path
-    model = OmegaConf.load(CONF_DIR / "model" / f"{sweep.model}.yaml")
+    path = export_path(sweep)
+    model = OmegaConf.load(option_file("model", sweep.model))
     others = []
     for key, value in summary.best_params.items():
         if key.startswith("model."):

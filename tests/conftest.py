@@ -5,6 +5,10 @@
   variables are set before torch is imported so subprocesses inherit them too.
 - ``tmp_mlflow_uri``: an isolated MLflow SQLite store per test, so no test touches the repo's
   ``mlflow.db``.
+- Markers follow the fixtures: a test that asks for ``slurm_cluster`` is marked ``slurm``, one that
+  asks for ``postgres_url`` is marked ``postgres``, so ``make test-fast`` (``-m "not slow and not
+  slurm and not browser and not postgres and not soak"``) leaves them out without anyone having
+  to remember the marker.
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ import torch  # noqa: E402  (after the thread variables above)
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# fixture -> the marker every test using it gets (see the module docstring)
+MARKER_OF_FIXTURE = {"slurm_cluster": "slurm", "postgres_url": "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in MARKER_OF_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

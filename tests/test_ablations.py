@@ -62,6 +62,7 @@ def by_cell(specs: tuple[RunSpec, ...]) -> dict[tuple[str, int, str], RunSpec]:
     return cells
 
 
+@pytest.mark.slow
 def test_pyramid_study_pairs_each_baseline_with_its_no_pyramid_variant() -> None:
     plan = expand(load_study("pyramid"), list(SMOKE))
     assert plan.study == "pyramid-smoke"
@@ -82,6 +83,7 @@ def test_pyramid_study_pairs_each_baseline_with_its_no_pyramid_variant() -> None
         assert (base[FLAGS[model]], variant[FLAGS[model]]) == (True, False)
 
 
+@pytest.mark.slow
 def test_all_studies_share_one_baseline_per_model_and_seed() -> None:
     plan = expand(load_study(ALL, ["seeds=[0,1]"]), list(SMOKE))
     assert plan.study == "ablations-smoke"
@@ -101,6 +103,7 @@ def test_all_studies_share_one_baseline_per_model_and_seed() -> None:
             assert spec.eval_of == baselines[(model, seed, "baseline")].config_hash
 
 
+@pytest.mark.slow
 def test_support_study_evaluates_the_trained_baseline() -> None:
     plan = expand(load_study("support", ["seeds=[0]"]), list(SMOKE))
     assert plan.study == "support-smoke"
@@ -207,6 +210,7 @@ def _sleep(seconds: int) -> int:
     return seconds
 
 
+@pytest.mark.slow
 def test_cancel_stops_a_dispatched_study_and_ends_its_runs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -57,6 +57,7 @@ def _fake_run(uri: str, calls: list):
     return run
 
 
+@pytest.mark.slow
 def test_seeds_auto_adds_seeds_until_settled_or_seeds_max(tmp_path, monkeypatch, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     calls: list = []

@@ -49,6 +49,7 @@ def dashboard(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_dashboard_has_verdicts_plots_claims_and_run_links(dashboard):
     html = dashboard.read_text()
     for verdict in ("within", "smaller drop", "larger drop", "opposite sign", "inconclusive"):
@@ -79,6 +80,7 @@ def test_missing_benchmark_says_how_to_make_it(tmp_path):
     assert "not found" in html and "make benchmark" in html
 
 
+@pytest.mark.slow
 def test_dashboard_is_self_contained_and_escaped(dashboard):
     html = dashboard.read_text()
     assert "<script" not in html.lower()
@@ -127,6 +129,7 @@ def _headless_chromium():
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_dashboard_in_headless_chromium(dashboard, tmp_path):
     driver = _headless_chromium()
     from selenium.common.exceptions import NoAlertPresentException
@@ -215,6 +218,7 @@ def test_delta_plot_keeps_a_wild_seed_from_hiding_the_band():
     assert ratio_of_means([-5, -4, -6, -5]) < 0
 
 
+@pytest.mark.slow
 def test_smoke_study_dashboard_says_plumbing_check_and_greys_verdicts(tmp_path):
     args = ["report", "tiny-smoke", "--tracking-uri", planted_store(), "--out", str(tmp_path)]
     stdout = io.StringIO()
@@ -226,6 +230,7 @@ def test_smoke_study_dashboard_says_plumbing_check_and_greys_verdicts(tmp_path):
     assert "class='verdict v-within'" not in html
 
 
+@pytest.mark.slow
 def test_dashboard_shows_the_load_bearing_column(tmp_path):
     args = ["report", "gated", "--tracking-uri", planted_store(), "--out", str(tmp_path)]
     stdout = io.StringIO()
@@ -249,6 +254,7 @@ def comparison(tmp_path_factory) -> Path:
     return Path(stdout.getvalue().strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # its fixture writes two studies' dashboards
 def test_compare_page_overlays_both_studies_plots(comparison):
     html = comparison.read_text()
     for ablation in ("pyramid", "support", "conv"):
@@ -267,6 +273,7 @@ def test_compare_warns_when_both_sides_are_the_same_study(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_compare_page_in_headless_chromium(comparison):
     driver = _headless_chromium()
     from selenium.webdriver.common.by import By

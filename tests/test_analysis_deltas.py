@@ -280,6 +280,7 @@ def test_relative_delta_has_the_sign_of_the_absolute_delta(seeds, interval):
     ).all()
 
 
+@pytest.mark.slow
 def test_student_t_intervals_cover_the_true_delta_95_percent_of_the_time():
     n_seeds = 4
     rng = np.random.default_rng(20261128)

@@ -99,6 +99,7 @@ def test_verdicts_table_and_metric_option(store, capsys):
     assert "not averaged in" in out and "no baseline run with seed 7" in out
 
 
+@pytest.mark.slow
 def test_compare_marks_deltas_that_moved(store, tmp_path, capsys):
     args = ["compare", "planted", "planted_b", "--tracking-uri", store, "--out", str(tmp_path)]
     assert main([*args, "--format", "json"]) == 0

@@ -226,6 +226,7 @@ def test_a_user_error_is_one_line_and_a_nonzero_exit(
         pytest.param(["ablations", "run", "pyramd"], id="python -m ablations"),
     ],
 )
+@pytest.mark.slow
 def test_the_commands_print_one_line_and_exit_2(
     argv: list[str], tmp_path: Path, tmp_mlflow_uri: str
 ) -> None:
@@ -244,6 +245,7 @@ def test_the_commands_print_one_line_and_exit_2(
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_hydra_full_error_brings_the_traceback_back(tmp_path: Path, tmp_mlflow_uri: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "psalm.train", "model.lr=-1", *SMOKE, f"output_dir={tmp_path}"],

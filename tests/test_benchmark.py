@@ -111,6 +111,7 @@ def test_input_size_not_a_multiple_of_32_is_refused():
         run_benchmark(device="cpu", batch=1, input_size=80, repeats=2, warmup=0)
 
 
+@pytest.mark.slow
 def test_cli_writes_the_json_and_prints_the_table(tmp_path):
     out = tmp_path / "sub" / "benchmark.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

@@ -70,6 +70,7 @@ def test_train_batch_is_a_pure_function_of_its_arguments(
     assert not torch.equal(a.queries, other_seed.queries)
 
 
+@pytest.mark.slow
 def test_bank_loaded_from_the_disk_cache_gives_identical_data(tmp_path: Path) -> None:
     # A small class set keeps the two builds cheap; the code path is the same.
     kwargs = dict(
@@ -109,6 +110,7 @@ def test_train_episodes_have_one_to_three_targets_or_none_when_absent(
     assert 0 < counts.count(0) < len(counts) * 0.3  # some absent-class episodes
 
 
+@pytest.mark.slow
 def test_shared_canvas_episodes_differ_only_in_the_support(glyph_cache: Path) -> None:
     shared = SyntheticGlyphs(cache_dir=glyph_cache, episodes_per_canvas=4)
     batch = shared.train_batch(step=2, batch_size=10, shots=2, seed=0)
@@ -179,6 +181,7 @@ def test_clutter_changes_the_pixels_not_the_layout(glyph_cache: Path) -> None:
     assert plain.describe()["clutter_prob"] == 0.0
 
 
+@pytest.mark.slow
 def test_support_blind_ceiling_of_the_default_test_split_is_low(data: SyntheticGlyphs) -> None:
     split = data.eval_split("test")
     assert 0.05 < support_blind_ceiling(split, seed=0) <= 0.2

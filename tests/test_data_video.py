@@ -410,6 +410,7 @@ def test_config_needs_all_four_paths_or_none() -> None:
         make_spec(["data=video", "data.eval_stride=0"])
 
 
+@pytest.mark.slow
 def test_load_bearing_figures_and_bypass_run_on_video_data(data: VideoFewShot, detector) -> None:
     """Every trained run ends with psalm.diagnostics and may be evaluated in every support mode,
     on video data as on glyphs."""

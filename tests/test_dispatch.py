@@ -162,6 +162,7 @@ def test_unpicklable_fn_is_rejected_before_anything_runs(tmp_path: Path) -> None
 # --- local queue -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_local_queue_limits_concurrency_pins_env_and_isolates_failures(tmp_path: Path) -> None:
     records = tmp_path / "records"
     records.mkdir()
@@ -189,6 +190,7 @@ def test_local_queue_limits_concurrency_pins_env_and_isolates_failures(tmp_path:
                 assert a["env"]["DISPATCH_SLOT"] != b["env"]["DISPATCH_SLOT"]
 
 
+@pytest.mark.slow
 def test_local_timeout_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
     log = tmp_path / "steps.log"
     spec = {"log": str(log), "steps": 10, "slow_s": 0.4, "fast_s": 0.02}
@@ -202,6 +204,7 @@ def test_local_timeout_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
     assert log.read_text().splitlines() == [str(k) for k in range(10)]  # every step exactly once
 
 
+@pytest.mark.slow
 def test_local_batch_outlives_the_submitting_process(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """

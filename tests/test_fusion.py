@@ -1,4 +1,5 @@
-"""CHEAF and PSALM fusion modules: the contract in DESIGN.md and the correctness the study needs.
+"""CHEAF and PSALM fusion modules: the contract in docs/design.md and the correctness the study
+needs.
 
 Shared contract tests are parametrized over both modules. Inputs are small (batch 2, a 64×64
 image: P2 16×16 … P5 2×2) so the whole file runs in seconds on one thread.
@@ -92,7 +93,7 @@ def make_query(
 
 
 def make_support(form: str, batch: int = 2, shots: int = 3, seed: int = 1) -> list[Tensor] | None:
-    """One support per level in the given form (the shapes DESIGN.md lists)."""
+    """One support per level in the given form (the shapes docs/design.md lists)."""
     if form == "none":
         return None
     g = torch.Generator().manual_seed(seed)

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from pipeline.config import CONF_DIR, REPO_ROOT, ConfigError
+from pipeline.config import CONF_DIR, REPO_ROOT, USER_CONF_ENV, ConfigError, make_spec
 from sweeps.__main__ import main
 from sweeps.config import load_sweep
 
@@ -107,9 +107,14 @@ def test_unknown_run_override_is_rejected(tmp_path):
         load_sweep(str(path), ["modle.lr=0.1"])
 
 
-def test_the_shipped_sweeps_are_valid():
+def test_the_shipped_sweeps_are_valid(monkeypatch):
+    from pipeline.config import user_conf_dir
+    from sweeps.export import export_path
+
+    monkeypatch.delenv(USER_CONF_ENV, raising=False)
     for name in ("psalm", "cheaf"):
         sweep = load_sweep(name, ["profile=smoke"])
+        assert export_path(sweep) == user_conf_dir() / "model" / f"{name}_tuned.yaml"
         assert sweep.metric == "val/nAP50"
         assert {p.key for p in sweep.space} == {
             "model.lr",
@@ -122,6 +127,7 @@ def test_the_shipped_sweeps_are_valid():
 # --- debug: end to end, pruning, deduplication ----------------------------------------------
 
 
+@pytest.mark.slow  # trains smoke trials
 def test_debug_sweep_end_to_end(tmp_path, tmp_mlflow_uri, capsys):
     path = write_sweep(tmp_path)
     rc = main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"])
@@ -168,6 +174,7 @@ def test_debug_sweep_end_to_end(tmp_path, tmp_mlflow_uri, capsys):
     assert len(batches(tmp_path)) == n
 
 
+@pytest.mark.slow  # trains smoke trials
 def test_pruned_trials_stop_early_and_are_recorded(tmp_path, tmp_mlflow_uri, capsys):
     # A threshold no model reaches: every trial is pruned at its first validation (step 2).
     # No trial completed, so there is no result to export: the sweep says so and exits 1.
@@ -192,6 +199,7 @@ def test_pruned_trials_stop_early_and_are_recorded(tmp_path, tmp_mlflow_uri, cap
     assert not any(k.startswith("test/") for r in runs for k in r.data.metrics)
 
 
+@pytest.mark.slow  # trains smoke trials
 def test_duplicate_parameters_are_not_trained_again(tmp_path, tmp_mlflow_uri):
     path = write_sweep(
         tmp_path,
@@ -210,23 +218,46 @@ def test_duplicate_parameters_are_not_trained_again(tmp_path, tmp_mlflow_uri):
     assert len(batches(tmp_path)) == 2
 
 
-def test_tuned_model_file_feeds_an_ablation_study(tmp_path):
+def test_tuned_model_file_feeds_an_ablation_study(tmp_path, monkeypatch):
+    """A tuned model file lives in the user config folder (not the package's conf/) and is a
+    model option there: an ablation study and a single run both find it by name."""
     from ablations.study import expand, load_study
 
-    path = CONF_DIR / "model" / f"zz_test_tuned_{os.getpid()}.yaml"
+    monkeypatch.setenv(USER_CONF_ENV, str(tmp_path / "conf"))
+    name = f"zz_test_tuned_{os.getpid()}"
+    path = tmp_path / "conf" / "model" / f"{name}.yaml"
+    path.parent.mkdir(parents=True)
     tuned = OmegaConf.load(CONF_DIR / "model" / "psalm.yaml")
     tuned.lr = 1.234e-4
     path.write_text(OmegaConf.to_yaml(tuned))
-    try:
-        study = load_study("pyramid", [f"models=[{path.stem}]", "seeds=[0]"])
-        plan = expand(study, ["profile=smoke", f"output_dir={tmp_path}"])
-    finally:
-        path.unlink()
-    assert plan.study == f"pyramid-smoke-{path.stem}"  # not mixed with the untuned study
+    study = load_study("pyramid", [f"models=[{name}]", "seeds=[0]"])
+    plan = expand(study, ["profile=smoke", f"output_dir={tmp_path}"])
+    assert plan.study == f"pyramid-smoke-{name}"  # not mixed with the untuned study
     arms = {s.config["label"]["arm"]: s.config for s in plan.train}
     assert set(arms) == {"baseline", "no_pyramid"}
     assert all(c["model"]["lr"] == pytest.approx(1.234e-4) for c in arms.values())
     assert arms["no_pyramid"]["model"]["use_pyramid"] is False
+    assert make_spec([f"model={name}", "profile=smoke"]).config["model"]["lr"] == pytest.approx(
+        1.234e-4
+    )
+    assert not (CONF_DIR / "model" / f"{name}.yaml").exists()
+
+
+def test_sweeps_export_outside_the_package_conf(tmp_path, monkeypatch):
+    """The best trial goes to <user config folder>/model/<model>_tuned.yaml, which is on the
+    config search path, never into conf/ (a source folder of the package); the shipped sweeps
+    keep that default (checked in test_the_shipped_sweeps_are_valid)."""
+    from pipeline.config import user_conf_dir
+    from sweeps.export import export_path
+
+    monkeypatch.delenv(USER_CONF_ENV, raising=False)
+    default = user_conf_dir() / "model" / "psalm_tuned.yaml"
+    assert CONF_DIR not in default.parents
+    check_ignore = ["git", "check-ignore", "-q", str(default)]
+    assert subprocess.run(check_ignore, cwd=REPO_ROOT).returncode == 0  # not source: git ignores it
+    monkeypatch.setenv(USER_CONF_ENV, str(tmp_path / "mine"))
+    sweep = load_sweep(str(write_sweep(tmp_path, export=None)), ["profile=smoke"])
+    assert export_path(sweep) == tmp_path / "mine" / "model" / "psalm_tuned.yaml"
 
 
 # --- local queue: parallel workers, resume, dead trials ---------------------------------------
@@ -269,6 +300,7 @@ def _running_job(path: Path):
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_local_sweep_runs_trials_in_parallel_processes(tmp_path, tmp_mlflow_uri):
     path = write_sweep(tmp_path, trials=2, workers=2, pruner={"name": "none"})
@@ -281,6 +313,7 @@ def test_local_sweep_runs_trials_in_parallel_processes(tmp_path, tmp_mlflow_uri)
     assert starts[1] < ends[0]  # both were in flight at once
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_killed_driver_resumes_the_same_sweep(tmp_path, tmp_mlflow_uri):
     path = write_sweep(tmp_path, trials=2, pruner={"name": "none"})
@@ -297,6 +330,7 @@ def test_killed_driver_resumes_the_same_sweep(tmp_path, tmp_mlflow_uri):
     assert trials[0].params == trial.params
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_a_killed_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, tmp_mlflow_uri):
     path = write_sweep(tmp_path, trials=1, pruner={"name": "none"})
@@ -327,6 +361,7 @@ def test_a_killed_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, tmp_
 # --- storage servers ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_sweep_on_postgresql_storage_with_parallel_workers(tmp_path, tmp_mlflow_uri, postgres_url):
     name = f"pg{os.getpid()}{int(time.time())}"
@@ -339,6 +374,7 @@ def test_sweep_on_postgresql_storage_with_parallel_workers(tmp_path, tmp_mlflow_
     optuna.delete_study(study_name=f"{name}-smoke", storage=postgres_url)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_slurm_sweep(tmp_path, tmp_mlflow_uri, slurm_cluster):
     path = write_sweep(tmp_path, trials=2, workers=2)
@@ -350,6 +386,7 @@ def test_slurm_sweep(tmp_path, tmp_mlflow_uri, slurm_cluster):
     assert all(t.user_attrs["host"] == socket.gethostname() for t in trials)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_make_optuna_dashboard_serves_the_sweep_storage(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"

@@ -1,7 +1,7 @@
 """One training run end to end: ``run(spec)`` / ``python -m psalm.train`` → a FINISHED MLflow run.
 
-What users rely on (issue 3, DESIGN.md "MLflow"): every run carries the contracted tags, the
-flattened config as params, ``train/loss`` once per step, ``test/*`` metrics and its artifacts;
+What users rely on (issue 3, docs/design.md "MLflow"): every run carries the contracted tags,
+the flattened config as params, ``train/loss`` once per step, ``test/*`` metrics and its artifacts;
 a finished spec is never run twice; same config and seed give the same model; a killed run
 resumes into the same MLflow run and ends where an uninterrupted one does; a diverging run ends
 FAILED with its reason; evaluation-only runs (support none / shuffled) are their own runs; bad

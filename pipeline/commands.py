@@ -1,0 +1,86 @@
+"""The single-run commands: train one run, or evaluate a trained one, recorded in MLflow.
+
+    psalm-train model=psalm data=synthetic profile=smoke seed=0
+    psalm-train model=cheaf model.use_pyramid_refinement=false profile=default
+    psalm-evaluate mode=none model=psalm profile=default seed=0
+    psalm-evaluate mode=shuffled model=cheaf profile=default seed=1
+
+``python -m psalm.train`` and ``python -m psalm.evaluate`` are aliases of the same functions
+(``make train`` / ``make evaluate`` use them). The arguments are Hydra overrides of
+``conf/config.yaml``, composed by ``pipeline.config`` (the same composition as a study's cells);
+training is ``pipeline.run.run`` of the validated spec, evaluation ``pipeline.run.evaluate_run``.
+A bad override, value or data file is one line on stderr and exit status 2 (``--debug`` or
+``HYDRA_FULL_ERROR=1``: the traceback). Hydra, torch and MLflow are imported only once the
+arguments are parsed, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pipeline.cli import OneLineParser, guarded
+
+_OVERRIDES_HELP = (
+    "Hydra overrides of conf/config.yaml, e.g. model=cheaf seed=1 profile=smoke "
+    "model.use_pyramid=false (groups: model, data, train, launcher, profile)"
+)
+
+
+def train_main(argv: Sequence[str] | None = None, prog: str = "psalm-train") -> int:
+    """Train one run (``psalm-train``); the exit status."""
+    parser = _parser(prog, "Train one run and record it in MLflow.")
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else list(argv))
+
+    def body() -> int:
+        from pipeline.config import make_spec
+        from pipeline.run import check_spec, run
+
+        spec = make_spec(tuple(args.overrides))
+        check_spec(spec)
+        _print_metrics(run(spec))
+        return 0
+
+    return guarded(body, debug=args.debug)
+
+
+def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate") -> int:
+    """Evaluate a trained run's checkpoint in a support mode (``psalm-evaluate``); the exit
+    status."""
+    parser = _parser(
+        prog,
+        "Evaluate a trained run's checkpoint in a support mode, as its own MLflow run. The "
+        "overrides are those the run was trained with (they identify it); it must be FINISHED.",
+    )
+    parser.epilog = (
+        "mode=normal | none (support_features=None in the fusion module: the report's test 3; "
+        "the default) | shuffled (another class's supports: a control)"
+    )
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else list(argv))
+    modes = [a.split("=", 1)[1] for a in args.overrides if a.startswith("mode=")]
+    rest = tuple(a for a in args.overrides if not a.startswith("mode="))
+    mode = modes[-1] if modes else "none"
+
+    def body() -> int:
+        from pipeline.config import ConfigError
+        from pipeline.run import evaluate_run
+        from psalm.training import EVAL_MODES
+
+        if mode not in EVAL_MODES:
+            raise ConfigError(f"mode={mode!r} is not one of {', '.join(EVAL_MODES)}")
+        _print_metrics(evaluate_run(rest, mode))
+        return 0
+
+    return guarded(body, debug=args.debug)
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=prog, description=description)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("overrides", nargs="*", metavar="override", help=_OVERRIDES_HELP)
+    return parser
+
+
+def _print_metrics(metrics: dict) -> None:
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
