@@ -151,7 +151,7 @@ def fit(
     if settings.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {settings.precision!r}")
     # bf16 autocast pays on GPUs and on CPUs with AMX or AVX-512 BF16; on a CPU without them
-    # (the AVX2 EPYC the README's figures come from) a step ran ~11x slower: make profile --bf16
+    # (the AVX2 EPYC of docs/results.md) a step ran ~7x slower: make profile --bf16
     autocast = torch.autocast(
         device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"
     )
