@@ -41,6 +41,7 @@ from ablations.study import STUDY_KEYS, Plan, expand, load_study, study_folder, 
 from pipeline.cli import OneLineParser, guarded
 from pipeline.config import NON_IDENTITY_KEYS, RunSpec, flatten
 from pipeline.dispatch import (
+    CANCEL_WAIT_S,
     FINAL_STATES,
     LauncherConfig,
     batch_folders,
@@ -305,7 +306,7 @@ def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[list, list, int
                 folder.rename(folder.with_name(f"{folder.name}.retired-{int(time.time())}"))
             state = "new"
         if state == "finished":
-            tracker.join_study(spec.config_hash, plan.study)
+            tracker.join_study(spec.config_hash, plan.study, spec.tags()["ablation"])
             finished += 1
             continue
         live += state == "live"
@@ -355,8 +356,32 @@ def _status(args: argparse.Namespace) -> int:
         if folder is None:
             return 2
         print(f"study {study}:")
-        print(format_status(status(folder)))
+        if batch_folders(folder):
+            print(format_status(status(folder)))
+        else:
+            print("no jobs dispatched (every cell was already FINISHED)")
+        print(_runs_summary(study, args.tracking_uri))
     return 0
+
+
+def _runs_summary(study: str, uri: str | None) -> str:
+    """The study's MLflow runs by state, naming those another study trained (shared
+    baselines); found as the analysis finds them (``analysis.runs.load_runs``)."""
+    from analysis.runs import load_runs
+
+    try:
+        runs = load_runs(study, tracking_uri(uri))
+    except (LookupError, FileNotFoundError) as exc:
+        return f"MLflow: {str(exc).split(';')[0]}"
+    counts = runs["status"].value_counts()
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    shared = [
+        f"{row.run_name} ({row.status}, from study {row.study})"
+        for row in runs.itertuples()
+        if row.study != study
+    ]
+    line = f"MLflow: {len(runs)} run(s): {states}"
+    return line + (f"; shared with other studies: {', '.join(shared)}" if shared else "")
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -367,14 +392,16 @@ def _cancel(args: argparse.Namespace) -> int:
     for batch in batch_folders(folder):
         live = [s.label for s in status(batch) if s.state not in FINAL_STATES]
         if live:
-            cancel(batch)
+            # a local queue's jobs end their own runs (KILLED) when stopped: give them the time
+            cancel(batch, wait_s=CANCEL_WAIT_S)
             stopped += live
             print(f"batch {batch.name}: cancelled {', '.join(live)}")
     if not stopped:
         print(f"study {args.study}: nothing to cancel, every job has ended")
         return 0
     tracker = Tracker(None, args.experiment)
-    marked = tracker.end_cancelled(args.study, stopped)
+    # runs shared with other studies are found too; those a live process holds are left alone
+    marked = tracker.end_cancelled(args.study, stopped, folder.parent.parent)
     if marked:
         print(f"MLflow ({tracker.uri}): marked KILLED {', '.join(marked)}")
     print(
@@ -418,6 +445,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="the jobs of a dispatched study (all if none named)")
     p.add_argument("study", nargs="?", help="the study's name, e.g. pyramid-default")
     p.add_argument("--output-dir", default="runs", help="the runs' output_dir (default: runs)")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI)"
+    )
     p.set_defaults(func=_status)
     p = sub.add_parser("cancel", help="stop a dispatched study's unfinished jobs")
     p.add_argument("study", help="the study's name, e.g. pyramid-default")

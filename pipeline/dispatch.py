@@ -82,7 +82,7 @@ _THREAD_VARIABLES = (
 _LOCAL_NO_LIMIT_MIN = 30 * 24 * 60  # "no time limit" for local jobs: 30 days
 _SLURM_DEFAULT_TIME_MIN = 60
 # A cancelled local queue interrupts its jobs and gives them STOP_GRACE_S (10 s) before SIGKILL.
-_CANCEL_WAIT_S = 15.0
+CANCEL_WAIT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -704,7 +704,7 @@ def wait_for(
             time.sleep(poll_s)
     except KeyboardInterrupt:
         if manifest["kind"] == "local":  # the caller says what was interrupted, in one line
-            cancel(batch_dir, wait_s=_CANCEL_WAIT_S)
+            cancel(batch_dir, wait_s=CANCEL_WAIT_S)
             release(manifest.get("runner_pid") or 0)
         elif manifest["kind"] == "slurm":
             print(
