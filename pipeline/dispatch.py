@@ -33,18 +33,21 @@ accept the batch folder or the folder given to `dispatch` (its latest batch).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -196,6 +199,11 @@ class Job(submitit.helpers.Checkpointable):
 
     On timeout or preemption submitit calls `checkpoint()`, which resubmits this same object;
     the next start calls `fn(spec)` again, which resumes from its own saved state.
+
+    SIGTERM (scancel, a preemption's grace period, the local queue stopping the job, `kill`)
+    raises KeyboardInterrupt in `fn`, as Ctrl-C would: submitit's wrapper only logs it, and the
+    job would run on until SIGKILL. `fn` may handle SIGTERM itself (`pipeline.run.run` finishes
+    its training step and saves a checkpoint first).
     """
 
     def __init__(
@@ -223,7 +231,8 @@ class Job(submitit.helpers.Checkpointable):
         }
         write_json_atomic(path, {**info, "state": "running"})
         try:
-            result = self.fn(self.spec)
+            with _sigterm_interrupts():
+                result = self.fn(self.spec)
         except Exception:
             write_json_atomic(
                 path,
@@ -238,6 +247,23 @@ class Job(submitit.helpers.Checkpointable):
             raise
         write_json_atomic(path, {**info, "state": "done", "ended": time.time()})
         return result
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt for the block (in the main thread, where signals go)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _current_job_id() -> str | None:
