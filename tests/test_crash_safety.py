@@ -39,7 +39,7 @@ from ablations.__main__ import _drift, _record_cells
 from ablations.study import expand, load_study
 from pipeline.config import make_spec
 from pipeline.dispatch import LauncherConfig, batch_folder, dispatch, status
-from pipeline.lease import holder, read_log
+from pipeline.lease import cell_lease, holder, read_log
 from pipeline.run import run, run_dir
 from pipeline.tracking import Tracker
 from psalm.training import CHECKPOINT_NAME, load_checkpoint
@@ -281,6 +281,39 @@ def test_a_shared_run_is_tagged_with_every_study_that_uses_it(tmp_mlflow_uri: st
     tracker.join_study("beef", "conv-smoke")
     tags = tracker.client.get_run(run.info.run_id).data.tags
     assert tags["study"] == "pyramid-smoke" and tags["studies"] == "pyramid-smoke,conv-smoke"
+
+
+def test_cancel_ends_the_studys_shared_runs_but_not_a_leased_one_or_a_prefix_study(
+    tmp_path: Path, tmp_mlflow_uri: str
+) -> None:
+    """``ablations cancel conv-smoke`` ends the RUNNING runs it lists by name: its own and the
+    ones it shares (tag ``studies``), not those of study ``conv-smoke-x`` (a name it is a prefix
+    of), and not a shared run whose lease a live process holds (another study trains it)."""
+    tracker = Tracker(tmp_mlflow_uri)
+    cells = {  # config hash -> (study, studies, run name)
+        "a1": ("pyramid-smoke", "pyramid-smoke,conv-smoke", "psalm/baseline/seed0"),  # leased
+        "b2": ("conv-smoke", "", "psalm/no_conv/seed0"),
+        "c3": ("conv-smoke-x", "", "psalm/no_conv/seed0"),
+        "d4": ("pyramid-smoke", "pyramid-smoke,conv-smoke-x,conv-smoke", "psalm/baseline/seed1"),
+        "e5": ("pyramid-smoke", "pyramid-smoke,conv-smoke-x", "psalm/baseline/seed2"),
+    }
+    ids = {}
+    for config_hash, (study, studies, name) in cells.items():
+        tags = {
+            "config_hash": config_hash,
+            "study": study,
+            **({"studies": studies} if studies else {}),
+        }
+        ids[config_hash] = tracker.client.create_run(
+            tracker.experiment_id, run_name=name, tags=tags
+        ).info.run_id
+    labels = {name for _, _, name in cells.values()}
+    with cell_lease(tmp_path / "a1", "other study"):
+        marked = tracker.end_cancelled("conv-smoke", labels, tmp_path)
+    assert marked == ["psalm/baseline/seed1", "psalm/no_conv/seed0"]
+    states = {h: tracker.client.get_run(i).info.status for h, i in ids.items()}
+    assert states == {"a1": "RUNNING", "b2": "KILLED", "c3": "RUNNING", "d4": "KILLED",
+                      "e5": "RUNNING"}  # fmt: skip
 
 
 def test_overrides_that_change_a_studys_cells_are_drift_new_seeds_are_not(tmp_path: Path) -> None:
