@@ -320,7 +320,7 @@ def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[list, list, int
                 folder.rename(folder.with_name(f"{folder.name}.retired-{int(time.time())}"))
             state = "new"
         if state == "finished":
-            tracker.join_study(spec.config_hash, plan.study)
+            tracker.join_study(spec.config_hash, plan.study, spec.tags()["ablation"])
             finished += 1
             continue
         live += state == "live"
@@ -361,7 +361,7 @@ def arm_table(runs, metric: str) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     from ablations.study import study_folder
-    from pipeline.dispatch import format_status, status
+    from pipeline.dispatch import batch_folders, format_status, status
 
     root = study_folder("_", args.output_dir).parent
     studies = [args.study] if args.study else sorted(p.name for p in root.glob("*") if p.is_dir())
@@ -373,12 +373,37 @@ def _status(args: argparse.Namespace) -> int:
         if folder is None:
             return 2
         print(f"study {study}:")
-        print(format_status(status(folder)))
+        if batch_folders(folder):
+            print(format_status(status(folder)))
+        else:
+            print("no jobs dispatched (every cell was already FINISHED)")
+        print(_runs_summary(study, args.tracking_uri))
     return 0
 
 
+def _runs_summary(study: str, uri: str | None) -> str:
+    """The study's MLflow runs by state, naming those another study trained (shared
+    baselines); found as the analysis finds them (``analysis.runs.load_runs``)."""
+    from analysis.runs import load_runs
+    from pipeline.tracking import tracking_uri
+
+    try:
+        runs = load_runs(study, tracking_uri(uri))
+    except (LookupError, FileNotFoundError) as exc:
+        return f"MLflow: {str(exc).split(';')[0]}"
+    counts = runs["status"].value_counts()
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    shared = [
+        f"{row.run_name} ({row.status}, from study {row.study})"
+        for row in runs.itertuples()
+        if row.study != study
+    ]
+    line = f"MLflow: {len(runs)} run(s): {states}"
+    return line + (f"; shared with other studies: {', '.join(shared)}" if shared else "")
+
+
 def _cancel(args: argparse.Namespace) -> int:
-    from pipeline.dispatch import FINAL_STATES, batch_folders, cancel, status
+    from pipeline.dispatch import CANCEL_WAIT_S, FINAL_STATES, batch_folders, cancel, status
     from pipeline.tracking import Tracker
 
     folder = _dispatched(args.study, args.output_dir)
@@ -388,14 +413,16 @@ def _cancel(args: argparse.Namespace) -> int:
     for batch in batch_folders(folder):
         live = [s.label for s in status(batch) if s.state not in FINAL_STATES]
         if live:
-            cancel(batch)
+            # a local queue's jobs end their own runs (KILLED) when stopped: give them the time
+            cancel(batch, wait_s=CANCEL_WAIT_S)
             stopped += live
             print(f"batch {batch.name}: cancelled {', '.join(live)}")
     if not stopped:
         print(f"study {args.study}: nothing to cancel, every job has ended")
         return 0
     tracker = Tracker(None, args.experiment)
-    marked = tracker.end_cancelled(args.study, stopped)
+    # runs shared with other studies are found too; those a live process holds are left alone
+    marked = tracker.end_cancelled(args.study, stopped, folder.parent.parent)
     if marked:
         print(f"MLflow ({tracker.uri}): marked KILLED {', '.join(marked)}")
     print(
@@ -443,6 +470,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="the jobs of a dispatched study (all if none named)")
     p.add_argument("study", nargs="?", help="the study's name, e.g. pyramid-default")
     p.add_argument("--output-dir", default="runs", help="the runs' output_dir (default: runs)")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI)"
+    )
     p.set_defaults(func=_status)
     p = sub.add_parser("cancel", help="stop a dispatched study's unfinished jobs")
     p.add_argument("study", help="the study's name, e.g. pyramid-default")

@@ -4,7 +4,8 @@ This is the only module of the project that reads MLflow (``pipeline/tracking.py
 
 Run layout it understands (tags written by the pipeline on every run):
 
-- ``study``, ``model``, ``seed``, ``config_hash``, ``git_sha``, ``profile``;
+- ``study``, ``model``, ``seed``, ``config_hash``, ``git_sha``, ``profile``; ``studies`` on a run
+  several studies share (a baseline trained once): every study that uses it, comma-separated;
 - ``arm``: ``baseline`` or the variant's name (``no_pyramid``, ``no_conv``, ``support_none``,
   ``support_shuffled``, ``support_none_trained``, ...);
 - ``ablation``: the ablation the run belongs to (``pyramid`` | ``conv`` | ``support``). A baseline
@@ -26,6 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+
+from pipeline.study_tags import quote, search_study, studies_of
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CONTRACT_TAGS = ("study", "ablation", "arm", "model", "seed", "config_hash", "git_sha", "profile")
@@ -50,34 +53,37 @@ def split_ablations(tag: object) -> tuple[str, ...]:
 
 
 def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
-    """All active (not deleted) runs tagged ``study=<study>``, from every experiment, one row each.
+    """All active (not deleted) runs of ``study``, from every experiment, one row each: those
+    tagged ``study=<study>`` and those shared with it (``<study>`` in tag ``studies``, e.g. a
+    baseline another study trained first; ``pipeline.study_tags``).
 
     Raises LookupError naming the studies that do exist when none matches.
     """
     client, uri = _client(tracking_uri)
-    runs = _search(client, f"tags.study = {_quote(study)}")
+    runs = search_study(lambda where: _search(client, where), study)
     runs = [r for r in runs if r.data.tags.get("kind") != STUDY_RUN_KIND]
     if not runs:
         some_runs = _search(client, "", limit=2000)
-        present = sorted({r.data.tags.get("study") for r in some_runs} - {None, ""})
+        present = sorted({s for r in some_runs for s in studies_of(r.data.tags)})
         raise LookupError(
-            f"no runs tagged study={study!r} in {uri}; studies there: {present or 'none'}. "
+            f"no runs tagged study={study!r} (or with it in studies) in {uri}; studies there: "
+            f"{present or 'none'}. "
             "Pass --tracking-uri (or set MLFLOW_TRACKING_URI) if the runs live elsewhere."
         )
     return runs_frame(runs)
 
 
 def list_studies(tracking_uri: str | None = None) -> list[str]:
-    """Names of the studies (``study`` tag values) present in a store."""
+    """Names of the studies present in a store (tags ``study`` and ``studies``)."""
     client, _ = _client(tracking_uri)
-    return sorted({r.data.tags.get("study") for r in _search(client, "")} - {None, ""})
+    return sorted({s for r in _search(client, "") for s in studies_of(r.data.tags)})
 
 
 def find_study_run(study: str, tracking_uri: str | None = None):
     """The parent run of a study (tags ``kind=study``, ``summary_of=<study>``), or None."""
     client, _ = _client(tracking_uri)
     runs = _search(
-        client, f"tags.{SUMMARY_TAG} = {_quote(study)} and tags.kind = '{STUDY_RUN_KIND}'"
+        client, f"tags.{SUMMARY_TAG} = {quote(study)} and tags.kind = '{STUDY_RUN_KIND}'"
     )
     return max(runs, key=lambda r: r.info.start_time) if runs else None
 
@@ -199,9 +205,3 @@ def _all_pages(search) -> list:
         token = page.token
         if not token:
             return items
-
-
-def _quote(value: str) -> str:
-    if "'" in value and '"' in value:
-        raise ValueError(f"study name {value!r} cannot contain both ' and \"")
-    return f'"{value}"' if "'" in value else f"'{value}'"

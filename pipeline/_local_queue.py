@@ -21,6 +21,7 @@ Run by `submit_queue`; by hand: python -m pipeline._local_queue <batch folder>
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -40,7 +41,8 @@ PLAN_FILE = "queue_plan.json"
 STATE_FILE = "queue.json"
 CANCEL_FILE = "cancel"
 POLL_S = 0.2
-# A controller asked to stop (SIGINT) kills its task within ~1 s; give it more before SIGKILL.
+# A controller asked to stop (SIGTERM) passes it to its task, which finishes its training step,
+# saves a checkpoint and ends its run KILLED (pipeline.run); then both are SIGKILLed.
 STOP_GRACE_S = 10.0
 
 
@@ -135,6 +137,16 @@ def cancel_queue(batch_dir: Path, pid: int | None) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
+def _kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a controller and its task (killing the controller alone would orphan the task)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+    process.kill()
+    process.wait()
+
+
 class _Runner:
     """The queue loop: start jobs into free slots, record exits, stop on request."""
 
@@ -198,14 +210,16 @@ class _Runner:
         return changed
 
     def stop_all(self) -> None:
+        # Not SIGINT: on SIGINT submitit's controller gives its task 1 s before SIGKILL, too
+        # little to checkpoint; on SIGTERM it forwards the signal and waits for the task to end.
         for process, _ in self.running.values():
-            process.send_signal(signal.SIGINT)  # the controller kills its task, then exits
+            process.send_signal(signal.SIGTERM)
         deadline = time.time() + STOP_GRACE_S
         for process, _ in self.running.values():
             try:
                 process.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                process.kill()
+                _kill_tree(process)
         now = time.time()
         for index in self.running:
             self.jobs[str(index)].update(state="cancelled", ended=now)

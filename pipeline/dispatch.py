@@ -33,18 +33,21 @@ accept the batch folder or the folder given to `dispatch` (its latest batch).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -82,7 +85,7 @@ _THREAD_VARIABLES = (
 _LOCAL_NO_LIMIT_MIN = 30 * 24 * 60  # "no time limit" for local jobs: 30 days
 _SLURM_DEFAULT_TIME_MIN = 60
 # A cancelled local queue interrupts its jobs and gives them STOP_GRACE_S (10 s) before SIGKILL.
-_CANCEL_WAIT_S = 15.0
+CANCEL_WAIT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,11 @@ class Job(submitit.helpers.Checkpointable):
 
     On timeout or preemption submitit calls `checkpoint()`, which resubmits this same object;
     the next start calls `fn(spec)` again, which resumes from its own saved state.
+
+    SIGTERM (scancel, a preemption's grace period, the local queue stopping the job, `kill`)
+    raises KeyboardInterrupt in `fn`, as Ctrl-C would: submitit's wrapper only logs it, and the
+    job would run on until SIGKILL. `fn` may handle SIGTERM itself (`pipeline.run.run` finishes
+    its training step and saves a checkpoint first).
     """
 
     def __init__(
@@ -223,7 +231,8 @@ class Job(submitit.helpers.Checkpointable):
         }
         write_json_atomic(path, {**info, "state": "running"})
         try:
-            result = self.fn(self.spec)
+            with _sigterm_interrupts():
+                result = self.fn(self.spec)
         except Exception:
             write_json_atomic(
                 path,
@@ -238,6 +247,23 @@ class Job(submitit.helpers.Checkpointable):
             raise
         write_json_atomic(path, {**info, "state": "done", "ended": time.time()})
         return result
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt for the block (in the main thread, where signals go)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _current_job_id() -> str | None:
@@ -704,7 +730,7 @@ def wait_for(
             time.sleep(poll_s)
     except KeyboardInterrupt:
         if manifest["kind"] == "local":  # the caller says what was interrupted, in one line
-            cancel(batch_dir, wait_s=_CANCEL_WAIT_S)
+            cancel(batch_dir, wait_s=CANCEL_WAIT_S)
             release(manifest.get("runner_pid") or 0)
         elif manifest["kind"] == "slurm":
             print(

@@ -11,14 +11,23 @@ resolved config, per-class AP table, final checkpoint.
 Evaluation run (``spec.kind == "eval"``): load the checkpoint of the trained run ``eval_of`` and
 evaluate it in ``eval_mode`` (the report's support ablation costs no training); its metrics are
 logged as ``test/*`` of its own MLflow run, tagged ``eval_of=<trained run id>``.
+
+SIGTERM (a scheduler cancelling or preempting the job, the local queue stopping it, ``kill``)
+stops a run as Ctrl-C does, but cleanly: during training, after the current step, whose
+checkpoint is saved; at any other moment at once. The run ends KILLED (resumable), the lease is
+released and ``Terminated`` (a ``KeyboardInterrupt``) ends the process. submitit's job wrapper
+only logs SIGTERM ("Bypassing signal SIGTERM"), so without this a cancelled job trained on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +41,54 @@ from psalm.detector import FewShotDetector
 from psalm.diagnostics import load_bearing
 from psalm.evaluation import write_per_class_table
 from psalm.registry import ABLATION_FLAGS, build_fusion
-from psalm.training import CHECKPOINT_NAME, DivergedError, TrainSettings, evaluate, fit
+from psalm.training import (
+    CHECKPOINT_NAME,
+    DivergedError,
+    StopRequested,
+    TrainSettings,
+    evaluate,
+    fit,
+)
 from psalm.video_eval import VideoMetrics, evaluate_video, write_per_video_table
 
 # Called with (step, val metrics) after each validation of a training run; True stops the run.
 ValidationHook = Callable[[int, dict[str, float]], bool]
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was sent SIGTERM: the run stopped (KILLED, resumable) as on Ctrl-C."""
+
+
+class _StopRequest:
+    """The SIGTERM handler of a run: during training it only records the request (``fit``
+    finishes the step and saves its checkpoint); at any other moment it raises ``Terminated``."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.training = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+        if not self.training:
+            raise Terminated(self.signal)
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_run() -> Iterator[_StopRequest]:
+    """Route SIGTERM to a ``_StopRequest`` for the block (main thread only: Python delivers
+    signals there, and only there may a handler be set)."""
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = signal.signal(signal.SIGTERM, request)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_data(data_cfg: dict[str, Any]) -> FewShotData:
@@ -190,12 +242,15 @@ def run(spec: RunSpec, on_validation: ValidationHook | None = None) -> dict[str,
 
     The cell's lease (``pipeline.lease``) is held throughout: a second process given the same
     spec waits, then finds the run FINISHED (or resumes it), so no cell is trained twice at once.
+    SIGTERM ends the run KILLED with a checkpoint of its last step (see the module docstring).
     """
-    with cell_lease(run_dir(spec), spec.label):
-        return _run_leased(spec, on_validation)
+    with _sigterm_stops_the_run() as stop, cell_lease(run_dir(spec), spec.label):
+        return _run_leased(spec, on_validation, stop)
 
 
-def _run_leased(spec: RunSpec, on_validation: ValidationHook | None) -> dict[str, Any]:
+def _run_leased(
+    spec: RunSpec, on_validation: ValidationHook | None, stop: _StopRequest
+) -> dict[str, Any]:
     cfg = spec.config
     tracker = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
     extra = {}
@@ -216,7 +271,7 @@ def _run_leased(spec: RunSpec, on_validation: ValidationHook | None) -> dict[str
         if spec.kind == "eval":
             metrics = _evaluate_trained(spec, handle, device)
         else:
-            metrics = _train(spec, handle, device, on_validation)
+            metrics = _train(spec, handle, device, on_validation, stop)
     except DivergedError as exc:
         handle.finish("FAILED", reason=f"diverged: {exc}")
         raise
@@ -233,7 +288,11 @@ def _run_leased(spec: RunSpec, on_validation: ValidationHook | None) -> dict[str
 
 
 def _train(
-    spec: RunSpec, handle, device: torch.device, on_validation: ValidationHook | None = None
+    spec: RunSpec,
+    handle,
+    device: torch.device,
+    on_validation: ValidationHook | None = None,
+    stop: _StopRequest | None = None,
 ) -> dict[str, Any]:
     cfg = spec.config
     folder = run_dir(spec)
@@ -263,9 +322,28 @@ def _train(
         last_val.update(values)
         return bool(on_validation and on_validation(step, values))
 
-    summary = fit(
-        model, data, settings, folder, handle.log_metrics, _Progress(spec.label), validated
-    )
+    stop = stop or _StopRequest()
+    stop.training = True
+    try:
+        summary = fit(
+            model,
+            data,
+            settings,
+            folder,
+            handle.log_metrics,
+            _Progress(spec.label),
+            validated,
+            should_stop=stop.requested,
+        )
+    except StopRequested as exc:
+        print(f"[{spec.label}] {stop.signal}: {exc}", flush=True)
+        raise Terminated(f"{stop.signal} after step {exc.step}, checkpoint saved") from exc
+    finally:
+        stop.training = False
+    if stop.requested():  # the signal came after the last step: stop before the test
+        raise Terminated(f"{stop.signal} after training")
+    if summary["resumed_from"]:
+        handle.set_tags({"resumed_from_step": summary["resumed_from"]})
     handle.log_metrics({"train/seconds": summary["seconds"]}, summary["steps"])
     if summary["stopped_at"]:
         print(f"[{spec.label}] stopped at step {summary['stopped_at']} (pruned)", flush=True)

@@ -33,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import REPO_ROOT, ConfigError, RunSpec, flatten
 from pipeline.lease import LOCK_FILE
 from pipeline.lease import holder as lease_holder
+from pipeline.study_tags import STUDIES_TAG, search_study, studies_of
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 HEARTBEAT_EVERY_S = 30.0
@@ -178,23 +179,27 @@ class Tracker:
                 return "live"
         return "resumable"
 
-    def join_study(self, config_hash: str, study: str) -> None:
+    def join_study(self, config_hash: str, study: str, ablation: str = "") -> None:
         """Tag the run of ``config_hash`` with one more study that uses it (tag ``studies``, a
-        comma-separated list; tag ``study`` keeps the first): a baseline shared by several
-        studies is trained once."""
+        comma-separated list; tag ``study`` keeps the first; ``pipeline.study_tags``): a
+        baseline shared by several studies is trained once. A baseline also gets the study's
+        ``ablation`` list added to its own, so each study's analysis pairs its variants with it."""
         run = self.find(config_hash)
         if run is not None:
-            self._join(run, study)
+            self._join(run, study, ablation)
 
-    def _join(self, run: Any, study: str) -> None:
+    def _join(self, run: Any, study: str, ablation: str = "") -> None:
         if not study:
             return
-        studies = [s for s in run.data.tags.get("studies", "").split(",") if s]
-        first = run.data.tags.get("study")
-        if first and first not in studies:
-            studies.insert(0, first)
+        tags = run.data.tags
+        studies = studies_of(tags)
         if study not in studies:
-            self.client.set_tag(run.info.run_id, "studies", ",".join([*studies, study]))
+            self.client.set_tag(run.info.run_id, STUDIES_TAG, ",".join([*studies, study]))
+        if tags.get("arm") == "baseline" and ablation:
+            have = [a for a in tags.get("ablation", "").split(",") if a]
+            more = [a for a in ablation.split(",") if a and a not in have]
+            if more:
+                self.client.set_tag(run.info.run_id, "ablation", ",".join([*have, *more]))
 
     def open_sweep(self, sweep: str, params: Mapping[str, Any]) -> RunHandle:
         """The parent run of a sweep (tags ``kind=sweep``, ``sweep=<name>``): found again when
@@ -218,22 +223,36 @@ class Tracker:
             self.client.log_batch(run.info.run_id, params=flat[i : i + 100])
         return RunHandle(self.client, run.info.run_id)
 
-    def end_cancelled(self, study: str, labels: Iterable[str]) -> list[str]:
-        """Mark KILLED the RUNNING runs of ``study`` named ``labels``, whose jobs were just
-        cancelled: a process killed by the scheduler cannot end its run itself, and a RUNNING
-        run would count as live (and be skipped) until its heartbeat went stale. Returns the
-        names of the runs marked."""
+    def end_cancelled(
+        self, study: str, labels: Iterable[str], output_dir: str | Path | None = None
+    ) -> list[str]:
+        """Mark KILLED the RUNNING runs of ``study`` (``pipeline.study_tags``: shared runs too)
+        named ``labels``, whose jobs were just cancelled: a process killed by the scheduler
+        cannot end its run itself, and a RUNNING run would count as live (and be skipped) until
+        its heartbeat went stale. With ``output_dir`` (the runs' folders), a run whose lease is
+        still held is left alone: a live process (another study's job training a shared
+        baseline, or a cancelled job still ending its own run) owns it. Returns the names of
+        the runs marked."""
         wanted = set(labels)
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.study = '{study}' and attributes.status = 'RUNNING'",
+        runs = search_study(
+            lambda where: self.client.search_runs([self.experiment_id], filter_string=where),
+            study,
+            "attributes.status = 'RUNNING'",
         )
         marked = []
         for run in runs:
-            if run.info.run_name in wanted:
-                self.client.set_tag(run.info.run_id, "failure_reason", "cancelled")
-                self.client.set_terminated(run.info.run_id, status="KILLED")
-                marked.append(run.info.run_name)
+            if run.info.run_name not in wanted:
+                continue
+            config_hash = run.data.tags.get("config_hash")
+            if (
+                output_dir is not None
+                and config_hash
+                and lease_holder(Path(output_dir) / config_hash)
+            ):
+                continue
+            self.client.set_tag(run.info.run_id, "failure_reason", "cancelled")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            marked.append(run.info.run_name)
         return sorted(marked)
 
     def end_unowned(self, runs: Iterable[tuple[str, Path]]) -> list[str]:
@@ -264,7 +283,8 @@ class Tracker:
         every = int(spec.config.get("train", {}).get("checkpoint_every", 1))
         run = self.find(spec.config_hash)
         if run is not None:
-            self._join(run, spec.tags()["study"])
+            tags = spec.tags()
+            self._join(run, tags["study"], tags["ablation"])
         if run is not None and run.info.status == "FINISHED":
             return RunHandle(self.client, run.info.run_id, finished=True)
         if run is not None:

@@ -43,6 +43,15 @@ class DivergedError(RuntimeError):
     """Training produced a non-finite or exploding loss; the message says at which step."""
 
 
+class StopRequested(Exception):  # noqa: N818 (a request, not an error)
+    """``fit``'s ``should_stop()`` said stop: training ended after step ``step``, whose
+    checkpoint is saved, so a later ``fit`` resumes there."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped on request after step {step} (checkpoint saved)")
+        self.step = step
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """What ``fit`` needs besides the model and the data (one comment per field)."""
@@ -128,13 +137,15 @@ def fit(
     on_metrics: MetricsCallback | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     on_validation: Callable[[int, dict[str, float]], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` (resuming from ``run_dir`` if it holds a checkpoint); returns a summary.
 
     ``on_validation(step, val_metrics)`` is called after each validation (``eval_every``); if it
     returns True, training stops there (a pruned sweep trial) after saving a checkpoint, and the
-    summary's ``stopped_at`` is that step (else None). Raises ``DivergedError`` on a non-finite
-    or exploding loss.
+    summary's ``stopped_at`` is that step (else None). ``should_stop()`` is asked after every
+    step (the caller's SIGTERM, say); if it says True, the step's checkpoint is saved and
+    ``StopRequested`` raised. Raises ``DivergedError`` on a non-finite or exploding loss.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT_NAME
@@ -194,10 +205,13 @@ def fit(
             report(val.as_dict(prefix="val/"), done)
             if on_validation is not None and on_validation(done, val.as_dict(prefix="val/")):
                 stopped_at = done
-        if done % settings.checkpoint_every == 0 or done == settings.steps or stopped_at:
+        stop = should_stop is not None and should_stop()
+        if done % settings.checkpoint_every == 0 or done == settings.steps or stopped_at or stop:
             save_checkpoint(ckpt_path, model, opt, sched, done)
         if progress is not None:
             progress(done, settings.steps, loss_value)
+        if stop:
+            raise StopRequested(done)
         if stopped_at:
             break
     return {

@@ -475,3 +475,59 @@ def test_force_retires_the_finished_runs_and_records_new_ones(
     # soft-deleted, so still restorable
     store.client.restore_run(old["baseline"])
     assert store.client.get_run(old["baseline"]).info.lifecycle_stage == "active"
+
+
+# --- a baseline shared by two studies -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conv_study(pyramid_study: StudyRun, store: Store) -> StudyRun:
+    """``python -m ablations run conv … models=[psalm]``, in-process, after the pyramid study:
+    its baseline is the pyramid study's (same config), so it trains only ``no_conv``."""
+    sid = "pytest-conv"
+    argv = study_argv(store, "conv", sid, "models=[psalm]")
+    rc = run_in_process(argv, store.cwd)
+    return StudyRun(sid, tuple(argv), rc, "", "", tuple(store.runs(sid)))
+
+
+@pytest.mark.slow
+def test_a_baseline_another_study_trained_is_in_this_studys_analysis(
+    pyramid_study: StudyRun, conv_study: StudyRun, store: Store, capsys: pytest.CaptureFixture
+) -> None:
+    from analysis import analyze_study, list_studies, load_runs, write_dashboard
+
+    assert pyramid_study.returncode == 0 and conv_study.returncode == 0
+    baseline = next(r for r in pyramid_study.runs if r.data.tags["arm"] == "baseline")
+    # trained once, by the pyramid study: the conv study recorded only its variant
+    assert [r.data.tags["arm"] for r in conv_study.runs] == ["no_conv"]
+    tags = store.client.get_run(baseline.info.run_id).data.tags
+    assert tags["study"] == "pytest-pyramid" and tags["studies"] == "pytest-pyramid,pytest-conv"
+
+    conv = analyze_study("pytest-conv", store.uri)
+    assert sorted(conv.runs["arm"]) == ["baseline", "no_conv"]
+    assert baseline.info.run_id in set(conv.runs["run_id"])
+    pair = conv.deltas.pairs
+    assert list(pair["arm"]) == ["no_conv"] and list(pair["baseline_run_id"]) == [
+        baseline.info.run_id
+    ], conv.deltas.excluded
+    assert list(conv.verdicts["arm"]) == ["no_conv"] and list(conv.verdicts["n"]) == [1]
+    page = write_dashboard(conv, store.root / "reports").read_text()
+    assert "no_conv" in page and baseline.info.run_id in page
+
+    # the pyramid study is unchanged by the sharing
+    pyramid = analyze_study("pytest-pyramid", store.uri)
+    assert sorted(pyramid.runs["arm"]) == ["baseline", "no_pyramid"]
+    assert list(pyramid.verdicts["arm"]) == ["no_pyramid"]
+
+    # membership is by whole name: "pytest" is a prefix of both studies, not a study
+    assert {"pytest-conv", "pytest-pyramid"} <= set(list_studies(store.uri))
+    assert "pytest" not in list_studies(store.uri)
+    with pytest.raises(LookupError):
+        load_runs("pytest", store.uri)
+
+    capsys.readouterr()
+    assert main(["status", "pytest-conv", "--output-dir", str(store.outputs)]) == 0
+    out = capsys.readouterr().out
+    assert "psalm/no_conv/seed0" in out, out
+    assert "2 run(s): 2 FINISHED" in out and "psalm/baseline/seed0" in out, out
+    assert "from study pytest-pyramid" in out, out

@@ -16,6 +16,7 @@ Real processes, a real SQLite MLflow store and the real local queue throughout.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from _study_harness import (
     StudyDir,
@@ -36,8 +38,11 @@ from mlflow.tracking import MlflowClient
 from ablations.__main__ import _drift, _record_cells
 from ablations.study import expand, load_study
 from pipeline.config import make_spec
-from pipeline.lease import holder, read_log
+from pipeline.dispatch import LauncherConfig, batch_folder, dispatch, status
+from pipeline.lease import cell_lease, holder, read_log
+from pipeline.run import run, run_dir
 from pipeline.tracking import Tracker
+from psalm.training import CHECKPOINT_NAME, load_checkpoint
 from sweeps.config import load_sweep
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +121,66 @@ def test_two_processes_given_one_cell_train_it_once(tmp_path: Path, tmp_mlflow_u
         if r["event"] == "acquire"
     ]
     assert len(acquires) == 2 and not any(r["previous_alive"] for r in acquires), acquires
+
+
+# --- a job sent SIGTERM -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_sigtermed_job_saves_a_checkpoint_ends_killed_and_resumes(
+    tmp_path: Path, tmp_mlflow_uri: str
+) -> None:
+    """scancel, a preemption's grace period or ``kill`` send SIGTERM to the job's process;
+    submitit's wrapper only logs it. The job must stop at its current step, checkpoint it, end
+    its run KILLED, release its lease and exit; the next run resumes from that step."""
+    steps = 150  # far longer than the time the job gets to stop
+    # no periodic checkpoint before the end: the one found is the one SIGTERM made
+    spec = make_spec([*SMOKE, f"train.steps={steps}", "train.checkpoint_every=1000",
+                      f"output_dir={tmp_path / 'runs'}"])  # fmt: skip
+    folder = tmp_path / "batch"
+    launcher = LauncherConfig(kind="local", slots=1, gpus=())
+    dispatch([spec], run, launcher, folder, labels=[spec.label], wait=False, progress=False)
+    deadline = time.time() + 600
+    while True:  # until the job trains: its progress line ("step 15/150 …") is in its log
+        job = status(folder)[0]
+        assert job.state in ("queued", "running"), job
+        if job.stdout and job.stdout.exists() and f"/{steps} loss" in job.stdout.read_text():
+            break
+        assert time.time() < deadline, "the job never started training"
+        time.sleep(0.2)
+    pid = json.loads((batch_folder(folder) / "status" / "0.json").read_text())["pid"]
+    task = psutil.Process(pid)
+    assert "submitit.core._submit" in " ".join(task.cmdline())
+    os.kill(pid, signal.SIGTERM)
+    try:
+        task.wait(timeout=60)  # one training step and a checkpoint, not the other ~135 steps
+    except psutil.TimeoutExpired:
+        task.kill()
+        pytest.fail(f"the job still ran 60 s after SIGTERM:\n{job.stdout.read_text()[-2000:]}")
+
+    tracker = Tracker(tmp_mlflow_uri)
+    killed = tracker.find(spec.config_hash)
+    assert killed.info.status == "KILLED", killed.data.tags.get("failure_reason")
+    assert "SIGTERM" in killed.data.tags["failure_reason"]
+    cell = run_dir(spec)
+    stopped_at = load_checkpoint(cell / CHECKPOINT_NAME)["step"]
+    assert 0 < stopped_at < steps
+    trained = [m.step for m in tracker.client.get_metric_history(killed.info.run_id, "train/loss")]
+    assert sorted(trained) == list(range(1, stopped_at + 1)), "metrics past the checkpoint"
+    assert holder(cell) is None
+    released = [r for r in read_log(cell) if r["pid"] == pid]
+    assert [r["event"] for r in released] == ["acquire", "release"], released
+
+    result = run(spec)  # the same spec again: resumes the same MLflow run from the checkpoint
+    assert result["run_id"] == killed.info.run_id and not result["skipped"]
+    done = tracker.client.get_run(killed.info.run_id)
+    assert done.info.status == "FINISHED"
+    assert done.data.tags["resumed_from_step"] == str(stopped_at)
+    for key in ("train/loss", "test/nAP50"):
+        logged = [m.step for m in tracker.client.get_metric_history(done.info.run_id, key)]
+        expected = list(range(1, steps + 1)) if key == "train/loss" else [steps]
+        assert sorted(logged) == expected, (key, collections.Counter(logged).most_common(3))
 
 
 # --- a study's processes --------------------------------------------------------------------
@@ -216,6 +281,39 @@ def test_a_shared_run_is_tagged_with_every_study_that_uses_it(tmp_mlflow_uri: st
     tracker.join_study("beef", "conv-smoke")
     tags = tracker.client.get_run(run.info.run_id).data.tags
     assert tags["study"] == "pyramid-smoke" and tags["studies"] == "pyramid-smoke,conv-smoke"
+
+
+def test_cancel_ends_the_studys_shared_runs_but_not_a_leased_one_or_a_prefix_study(
+    tmp_path: Path, tmp_mlflow_uri: str
+) -> None:
+    """``ablations cancel conv-smoke`` ends the RUNNING runs it lists by name: its own and the
+    ones it shares (tag ``studies``), not those of study ``conv-smoke-x`` (a name it is a prefix
+    of), and not a shared run whose lease a live process holds (another study trains it)."""
+    tracker = Tracker(tmp_mlflow_uri)
+    cells = {  # config hash -> (study, studies, run name)
+        "a1": ("pyramid-smoke", "pyramid-smoke,conv-smoke", "psalm/baseline/seed0"),  # leased
+        "b2": ("conv-smoke", "", "psalm/no_conv/seed0"),
+        "c3": ("conv-smoke-x", "", "psalm/no_conv/seed0"),
+        "d4": ("pyramid-smoke", "pyramid-smoke,conv-smoke-x,conv-smoke", "psalm/baseline/seed1"),
+        "e5": ("pyramid-smoke", "pyramid-smoke,conv-smoke-x", "psalm/baseline/seed2"),
+    }
+    ids = {}
+    for config_hash, (study, studies, name) in cells.items():
+        tags = {
+            "config_hash": config_hash,
+            "study": study,
+            **({"studies": studies} if studies else {}),
+        }
+        ids[config_hash] = tracker.client.create_run(
+            tracker.experiment_id, run_name=name, tags=tags
+        ).info.run_id
+    labels = {name for _, _, name in cells.values()}
+    with cell_lease(tmp_path / "a1", "other study"):
+        marked = tracker.end_cancelled("conv-smoke", labels, tmp_path)
+    assert marked == ["psalm/baseline/seed1", "psalm/no_conv/seed0"]
+    states = {h: tracker.client.get_run(i).info.status for h, i in ids.items()}
+    assert states == {"a1": "RUNNING", "b2": "KILLED", "c3": "RUNNING", "d4": "KILLED",
+                      "e5": "RUNNING"}  # fmt: skip
 
 
 def test_overrides_that_change_a_studys_cells_are_drift_new_seeds_are_not(tmp_path: Path) -> None:
