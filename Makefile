@@ -110,8 +110,9 @@ evaluate: $(STAMP) ## Evaluate a trained run (COCO AP), overrides via ARGS
 
 ##@ Studies
 
-# DATA other than synthetic makes another study, <study>-<profile>-<DATA> (ablations/study.py)
-ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(DATA),data=$(DATA))
+# DATA other than synthetic makes another study, <study>-<profile>-<DATA> (ablations/study.py);
+# DATA=video's is judged on ST-IoU, the drone-video metric (the study setting metric=)
+ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(DATA),data=$(DATA)) $(if $(filter video,$(DATA)),metric=test/st_iou)
 ablation-pyramid: $(STAMP) ## Ablation study: no pyramid (main job); PROFILE, LAUNCHER
 	$(PY) -m ablations run pyramid profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
 

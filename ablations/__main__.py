@@ -85,6 +85,10 @@ def _run(args: argparse.Namespace) -> int:
     launcher = LauncherConfig.from_mapping(first.config["launcher"])
     uri = tracking_uri(first.config["tracking"]["uri"])
     tracker = Tracker(uri, first.config["tracking"]["experiment"])
+    if study.metric:  # the study's parent run says what its verdicts are judged on
+        from analysis.study_run import open_study_run
+
+        open_study_run(plan.study, uri, {"metric": study.metric})
     todo_train, todo_eval, finished, live = _pending(plan, tracker, args.force)
     print(
         f"study {plan.study}: {len(plan.train)} training run(s), {len(plan.evaluate)} "
@@ -273,7 +277,8 @@ def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[st
     plan = expand(study, run_overrides)
     uri = tracking_uri(plan.all[0].config["tracking"]["uri"])
     Tracker(uri, plan.all[0].config["tracking"]["experiment"])  # creates the store if new
-    open_study_run(plan.study, uri, design_params(schedule))
+    metric = {"metric": study.metric} if study.metric else {}
+    open_study_run(plan.study, uri, {**design_params(schedule), **metric})
     others = [o for o in study_overrides if o.split("=", 1)[0] not in STUDY_KEYS]
     seeds = {model: schedule.seeds_start for model in study.models}
     t0 = time.perf_counter()

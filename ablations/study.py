@@ -42,7 +42,7 @@ from pipeline.run import check_spec
 STUDY_DIR = CONF_DIR / "ablation"
 ALL = "all"  # the union of every study file, with shared baselines
 # study-level overrides; every other override is per run
-STUDY_KEYS = ("models", "seeds", "seeds_max", "seeds_batch")
+STUDY_KEYS = ("models", "seeds", "seeds_max", "seeds_batch", "metric")
 AUTO = "auto"
 
 
@@ -60,6 +60,7 @@ class Study:
     removes: dict[str, str] = field(default_factory=dict)  # arm → what it takes out
     parts: dict[str, dict[str, str]] = field(default_factory=dict)  # arm → model → part
     schedule: SeedSchedule | None = None  # seeds=auto: how seeds are added; None: fixed seeds
+    metric: str | None = None  # judged on this (test/st_iou); None: conf/expectations.yaml's
 
     def part_for(self, arm: str, model: str) -> str | None:
         """The part ``arm`` removes from ``model`` (one of ``analysis.arms.PARTS``), if known."""
@@ -84,6 +85,7 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
     removes: dict[str, str] = {}
     parts: dict[str, dict[str, str]] = {}
     auto = False
+    metrics: dict[str, str] = {}  # study file → its metric:
     limits: dict[str, object] = {"seeds_max": None, "seeds_batch": None}
     for n in names:
         path = STUDY_DIR / f"{n}.yaml"
@@ -92,6 +94,8 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
             if key not in raw:
                 raise ConfigError(f"{path}: missing key {key!r}")
         models += [m for m in raw["models"] if m not in models]
+        if raw.get("metric") is not None:
+            metrics[str(path)] = str(raw["metric"])
         if raw["seeds"] == AUTO:
             auto = True
         else:
@@ -117,6 +121,16 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
         if key not in STUDY_KEYS:
             raise ConfigError(f"unknown study setting {key!r}; study settings are {STUDY_KEYS}")
     models = overrides.get("models", models)
+    if "metric" in overrides:
+        metric = overrides["metric"]
+    elif len(set(metrics.values())) > 1:
+        raise ConfigError(
+            f"the study files judge on different metrics ({metrics}); set one with metric=…"
+        )
+    else:
+        metric = next(iter(metrics.values()), None)
+    if metric is not None and (not isinstance(metric, str) or "/" not in metric):
+        raise ConfigError(f"metric must name a logged metric such as test/st_iou, got {metric!r}")
     seeds = overrides.get("seeds", seeds if not auto else AUTO)
     for key in limits:
         limits[key] = overrides.get(key, limits[key])
@@ -154,6 +168,7 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
         removes=removes,
         parts=parts,
         schedule=schedule,
+        metric=metric,
     )
 
 

@@ -88,6 +88,13 @@ def find_study_run(study: str, tracking_uri: str | None = None):
     return max(runs, key=lambda r: r.info.start_time) if runs else None
 
 
+def load_study_metric(study: str, tracking_uri: str | None = None) -> str | None:
+    """The metric a study was run to be judged on (its parent run's ``metric`` tag, set by
+    ``metric=`` or a study file's ``metric:``), or None: the expectations file's."""
+    run = find_study_run(study, tracking_uri)
+    return run.data.tags.get("metric") if run is not None else None
+
+
 def load_study_design(study: str, tracking_uri: str | None = None):
     """The ``seeds=auto`` schedule a study ran with (its parent run's tags), or None."""
     from analysis.sequential import SeedSchedule

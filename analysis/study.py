@@ -13,7 +13,7 @@ import pandas as pd
 from analysis.arms import ArmNotes, load_arm_notes
 from analysis.deltas import PairedDeltas, paired_deltas
 from analysis.expectations import Expectations, load_expectations
-from analysis.runs import load_runs, load_study_design, resolve_tracking_uri
+from analysis.runs import load_runs, load_study_design, load_study_metric, resolve_tracking_uri
 from analysis.sequential import SeedSchedule
 from analysis.verdicts import verdict_table
 
@@ -44,7 +44,8 @@ def analyze_study(
     expectations: Expectations | str | Path | None = None,
     interval: str = "t",
 ) -> StudyAnalysis:
-    """Read a study from MLflow and judge it (metric default: the expectations file's).
+    """Read a study from MLflow and judge it (metric default: the one the study was run with,
+    ``metric=`` or its study file's ``metric:``, else the expectations file's).
 
     A study run with ``seeds=auto`` (its parent run in MLflow says so) is judged with the
     anytime-valid intervals of ``analysis.sequential``, whatever ``interval`` says: a fixed-n
@@ -53,6 +54,7 @@ def analyze_study(
     uri = resolve_tracking_uri(tracking_uri)
     runs = load_runs(study, uri)
     schedule = load_study_design(study, uri)
+    metric = metric or load_study_metric(study, uri)
     return analyze_runs(runs, study, uri, metric, expectations, interval, schedule=schedule)
 
 

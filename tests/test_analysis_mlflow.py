@@ -130,3 +130,43 @@ def test_module_entry_point(store, monkeypatch, capsys):
     assert exit_.value.code == 0
     verdicts = {r["ablation"]: r["verdict"] for r in json.loads(capsys.readouterr().out)}
     assert verdicts == {"pyramid": "within", "conv": "within", "support": "within"}
+
+
+def test_a_study_is_judged_on_the_metric_it_was_run_with(tmp_path):
+    """``metric=test/st_iou`` (or a study file's ``metric:``) is recorded on the study's parent
+    run, and the analysis judges on it unless told otherwise; without it, on the expectations
+    file's metric."""
+    from _analysis_fixtures import log_to_mlflow
+
+    from analysis import analyze_study
+    from analysis.study_run import open_study_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_to_mlflow(uri, planted_study(), histories=False)
+    assert analyze_study("planted", uri).metric == "test/nAP50"  # conf/expectations.yaml
+    open_study_run("planted", uri, {"metric": "test/nAP"})
+    result = analyze_study("planted", uri)
+    assert result.metric == "test/nAP"
+    # the planted deltas are the same relative effects on nAP (value / 2): same verdicts
+    assert list(result.verdicts["verdict"]) == list(
+        analyze_study("planted", uri, metric="test/nAP50").verdicts["verdict"]
+    )
+    assert analyze_study("planted", uri, metric="test/nAP50").metric == "test/nAP50"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "metric"),
+    [([], None), (["metric=test/st_iou"], "test/st_iou")],
+)
+def test_the_study_setting_metric(overrides, metric):
+    from ablations.study import load_study
+
+    assert load_study("pyramid", overrides).metric == metric
+
+
+def test_a_metric_that_names_no_logged_metric_is_refused():
+    from ablations.study import load_study
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="metric must name a logged metric"):
+        load_study("pyramid", ["metric=stiou"])
