@@ -108,6 +108,21 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
+def termination_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM and SIGHUP raise ``KeyboardInterrupt``, as Ctrl-C does, for a
+    driver that does not own its helpers (a sweep's jobs outlive a killed driver) but must stop
+    them when asked to."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig in previous:
+        signal.signal(sig, _interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
 def owned_processes(folder: str | Path) -> Iterator[Owner]:
     """Adopt helpers for the duration of the block (see the module docstring)."""
     global _current

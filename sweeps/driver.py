@@ -35,8 +35,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.config import REPO_ROOT, ConfigError, make_spec
 from pipeline.dispatch import (
+    CANCEL_WAIT_S,
     FINAL_STATES,
     LauncherConfig,
+    cancel,
     dispatch,
     local_slots,
     new_batch_id,
@@ -123,32 +125,56 @@ def drive(sweep: Sweep, *, wait: bool = True, stream: TextIO | None = None) -> S
         file=stream,
         flush=True,
     )
-    while True:
-        optuna.storages.fail_stale_trials(study)  # heartbeats: dead processes, retried
-        trials = study.get_trials(deepcopy=False)
-        in_flight = _check_in_flight(study, storage, trials)
-        trials = study.get_trials(deepcopy=False)
-        waiting = any(t.state == TrialState.WAITING for t in trials)
-        room = workers - len(in_flight)
-        while room > 0 and (waiting or used_budget(trials) < sweep.trials):
-            trial = study.ask(space)
-            if not _deduplicate(teller, trial, trials):
-                _dispatch_trial(sweep, teller, trial, parent.run_id, launcher, folder)
-                room -= 1
+    try:
+        while True:
+            optuna.storages.fail_stale_trials(study)  # heartbeats: dead processes, retried
+            trials = study.get_trials(deepcopy=False)
+            in_flight = _check_in_flight(study, storage, trials)
             trials = study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
-        progress.update(trials)
-        in_flight = [t for t in trials if t.state == TrialState.RUNNING]
-        if not in_flight and not waiting and used_budget(trials) >= sweep.trials:
-            break
-        if not wait:
-            print(f"submitted; follow with `python -m sweeps status {sweep.name} …`", file=stream)
-            break
-        time.sleep(POLL_S[launcher.kind])
+            room = workers - len(in_flight)
+            while room > 0 and (waiting or used_budget(trials) < sweep.trials):
+                trial = study.ask(space)
+                if not _deduplicate(teller, trial, trials):
+                    _dispatch_trial(sweep, teller, trial, parent.run_id, launcher, folder)
+                    room -= 1
+                trials = study.get_trials(deepcopy=False)
+                waiting = any(t.state == TrialState.WAITING for t in trials)
+            progress.update(trials)
+            in_flight = [t for t in trials if t.state == TrialState.RUNNING]
+            if not in_flight and not waiting and used_budget(trials) >= sweep.trials:
+                break
+            if not wait:
+                print(
+                    f"submitted; follow with `python -m sweeps status {sweep.name} …`", file=stream
+                )
+                break
+            time.sleep(POLL_S[launcher.kind])
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (sweeps/__main__.py)
+        _stop_in_flight(study, stream)
+        raise
     summary = summarize(sweep, study.get_trials(deepcopy=False), time.time() - t0)
     _record(parent, summary, finished=wait)
     progress.finish(study.get_trials(deepcopy=False))
     return summary
+
+
+def _stop_in_flight(study: optuna.Study, stream: TextIO) -> None:
+    """The driver was interrupted: stop the jobs of the trials in flight. Each ends its MLflow
+    run KILLED at a checkpoint, and the next ``sweeps run`` fails and retries the trial from
+    there. (A driver killed outright leaves its jobs running: they report to the study
+    themselves, and the next run finds them alive.)"""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    batches = [t.user_attrs["batch"] for t in running if t.user_attrs.get("batch")]
+    for batch in batches:
+        if Path(batch).exists():
+            cancel(batch, wait_s=CANCEL_WAIT_S)
+    print(
+        f"\nstopped {len(batches)} trial job(s) in flight; the next run of the same command "
+        "retries them from their checkpoints",
+        file=stream,
+        flush=True,
+    )
 
 
 def _dispatch_trial(

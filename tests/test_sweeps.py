@@ -332,6 +332,41 @@ def test_killed_driver_resumes_the_same_sweep(tmp_path, tmp_mlflow_uri):
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_driver_stops_its_trials_which_the_next_run_retries(
+    tmp_path, tmp_mlflow_uri, sig
+):
+    """Ctrl-C (or SIGTERM) to the driver stops the trials' jobs too, not only the driver: the
+    job ends its run KILLED, and the next run retries the trial into the same MLflow run."""
+    import psutil
+
+    path = write_sweep(tmp_path, trials=1, pruner={"name": "none"})
+    overrides = ("train.steps=60", "train.checkpoint_every=2")
+    driver = _sweep_process(path, tmp_path, *overrides)
+    try:
+        trial, pid = _wait(lambda: _running_job(path), 180, "the trial's job to start")
+        ckpt = tmp_path / "runs" / trial.user_attrs["config_hash"] / "checkpoint.pt"
+        _wait(ckpt.exists, 180, "the first checkpoint")
+        driver.send_signal(sig)
+        assert driver.wait(timeout=120) == 130, (tmp_path / "driver.log").read_text()
+    finally:
+        driver.kill()
+    _wait(lambda: not psutil.pid_exists(pid), 30, "the trial's job to end")
+    assert "stopped 1 trial job(s) in flight" in (tmp_path / "driver.log").read_text()
+    client = MlflowClient(tmp_mlflow_uri)
+    experiment = client.get_experiment_by_name("psalm").experiment_id
+    (run,) = client.search_runs([experiment], "tags.kind = 'train'")
+    assert run.info.status == "KILLED"
+    overrides_done = [f"output_dir={tmp_path / 'runs'}", *overrides]
+    assert main(["run", str(path), "launcher=local", *overrides_done]) == 0
+    trials = trials_of(path)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    (run,) = client.search_runs([experiment], "tags.kind = 'train'")
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
 def test_a_killed_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, tmp_mlflow_uri):
     path = write_sweep(tmp_path, trials=1, pruner={"name": "none"})
     overrides = ("train.steps=30", "train.checkpoint_every=2")
