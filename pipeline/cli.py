@@ -50,7 +50,16 @@ def one_line(exc: BaseException, limit: int = 600) -> str:
 
 
 def guarded(body: Callable[[], int | None], *, debug: bool = False) -> int:
-    """Run ``body``; its return value (None: 0) or one error line and a non-zero status."""
+    """Run ``body``; its return value (None: 0) or one error line and a non-zero status.
+    SIGTERM and SIGHUP stop it as Ctrl-C does (one line, status 130, the command's own clean-up),
+    also before it has started anything."""
+    from pipeline.processes import termination_as_interrupt
+
+    with termination_as_interrupt():
+        return _guarded(body, debug)
+
+
+def _guarded(body: Callable[[], int | None], debug: bool) -> int:
     if debug_requested(debug):
         return body() or 0
     try:

@@ -28,6 +28,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,9 +110,12 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def termination_as_interrupt() -> Iterator[None]:
-    """Inside the block SIGTERM and SIGHUP raise ``KeyboardInterrupt``, as Ctrl-C does, for a
-    driver that does not own its helpers (a sweep's jobs outlive a killed driver) but must stop
-    them when asked to."""
+    """Inside the block SIGTERM and SIGHUP raise ``KeyboardInterrupt``, as Ctrl-C does: every
+    command's entry point (``pipeline.cli.guarded``), so that a terminated command stops as an
+    interrupted one does. A no-op outside the main thread, where signals cannot be handled."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     for sig in previous:
         signal.signal(sig, _interrupt)

@@ -43,7 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from pipeline.config import CONF_DIR, make_spec, user_conf_dir
     from pipeline.mlflow_server import shared_tracking
-    from pipeline.processes import termination_as_interrupt
     from pipeline.tracking import tracking_uri
     from sweeps.config import load_sweep
     from sweeps.driver import drive
@@ -53,9 +52,10 @@ def _run(args: argparse.Namespace) -> int:
     base = make_spec(list(sweep.run_overrides)).config
     uri = tracking_uri(base["tracking"]["uri"])
     parallel = base["launcher"]["kind"] == "local" and sweep.workers > 1
-    # Ctrl-C, SIGTERM or SIGHUP stop the trials in flight (sweeps/driver.py); SIGKILL cannot,
-    # and the trials' jobs then run on and report to the study themselves.
-    with termination_as_interrupt(), shared_tracking(uri, parallel and not args.no_wait):
+    # Ctrl-C, SIGTERM or SIGHUP (pipeline.cli.guarded) stop the trials in flight
+    # (sweeps/driver.py); SIGKILL cannot, and the trials' jobs then run on and report to the
+    # study themselves.
+    with shared_tracking(uri, parallel and not args.no_wait):
         summary = drive(sweep, wait=not args.no_wait)
     if args.no_wait:
         return 0

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -257,3 +259,24 @@ def test_hydra_full_error_brings_the_traceback_back(tmp_path: Path, tmp_mlflow_u
     )
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "model.lr" in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_command_stops_as_an_interrupted_one(sig, capsys) -> None:
+    """SIGTERM or SIGHUP to any command, even before it has started anything, is one line and
+    status 130 (as Ctrl-C), not a silent death by signal; the handlers are restored after."""
+    from pipeline.cli import guarded
+
+    before = signal.getsignal(sig)
+    finished = []
+
+    def body() -> int:
+        os.kill(os.getpid(), sig)
+        time.sleep(10)  # interrupted long before
+        finished.append(True)
+        return 0
+
+    assert guarded(body) == 130
+    assert not finished
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert signal.getsignal(sig) is before
