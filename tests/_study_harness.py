@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Two cells (psalm baseline and no_pyramid, seed 0), a few seconds of training each.
 STUDY_ARGS = ("pyramid", "profile=smoke", "models=[psalm]", "seeds=[0]", "launcher=local")
 SMALL_DATA = ("data.n_val=4", "data.n_test=6")
+
+
+def as_from_a_terminal() -> None:
+    """In the child before exec: Ctrl-C's signals at their defaults, as in a terminal. A shell
+    without job control starts background commands with SIGINT and SIGQUIT ignored, and a
+    Python started that way keeps ignoring SIGINT: a test suite run as ``bash .ci/run &``
+    would otherwise send Ctrl-C to a driver that cannot hear it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class StudyDir:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=as_from_a_terminal,
         )
 
     def run(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:

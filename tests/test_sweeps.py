@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _study_harness import as_from_a_terminal
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
@@ -275,7 +276,9 @@ def _sweep_process(path: Path, tmp_path: Path, *overrides: str) -> subprocess.Po
         *overrides,
     ]
     log = open(tmp_path / "driver.log", "ab")  # noqa: SIM115 (the process owns it)
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=as_from_a_terminal
+    )
 
 
 def _wait(predicate, timeout_s: float, what: str):
