@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
-import platform
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -135,15 +135,14 @@ def _hook(module, name: str, sections: Sections) -> list:
 
 def profile_training(model, data, settings, steps: int, sections: Sections, bf16: bool) -> float:
     """Mean wall seconds of a training step (after two warm-up steps); parts into ``sections``."""
-    import torch
     from torch import nn
 
-    from psalm.training import build_optimizer
+    from psalm.training import batch_losses, build_optimizer
 
     device = next(model.parameters()).device
     opt, sched = build_optimizer(model, settings)
     model.train()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    settings = dataclasses.replace(settings, precision="bf16" if bf16 else "fp32")
     total = 0.0
     for step in range(steps + 2):
         if step == 2:
@@ -152,18 +151,7 @@ def profile_training(model, data, settings, steps: int, sections: Sections, bf16
         start = time.perf_counter()
         with sections.part("data: render and batch"):
             batch = data.train_batch(step, settings.batch_size, settings.shots, settings.seed)
-            images = batch.queries.to(device).contiguous(memory_format=torch.channels_last)
-            supports = batch.supports.to(device)
-            index = None if batch.query_index is None else batch.query_index.to(device)
-        with autocast:
-            prediction = model(images, supports, query_index=index)
-            losses = model.loss(
-                prediction,
-                batch.boxes,
-                batch.class_ids,
-                settings.match_weight,
-                settings.similarity_weight,
-            )
+        losses = batch_losses(model, batch, settings, device)
         with sections.part("backward"):
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -320,16 +308,6 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.profile",
@@ -343,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
+    from psalm.benchmark import cpu_name
+
     report: dict[str, Any] = {"models": []}
     for name in args.models:
         print(f"profiling {name} ...", flush=True)
@@ -350,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             profile_model([f"model={name}", *args.overrides], args.steps, args.bf16)
         )
     report["machine"] = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

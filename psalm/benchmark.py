@@ -223,7 +223,7 @@ def run_benchmark(
         )
     cheaf, psalm = results["cheaf"], results["psalm"]
     return {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "device_type": dev.type,
         "threads": torch.get_num_threads(),
         "dtype": dtype,
@@ -310,7 +310,8 @@ def format_peer_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, as the benchmark and the profile report it."""
     name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

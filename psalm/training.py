@@ -161,26 +161,11 @@ def fit(
     device = next(model.parameters()).device
     if settings.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {settings.precision!r}")
-    # bf16 autocast pays on GPUs and on CPUs with AMX or AVX-512 BF16; on a CPU without them
-    # (the AVX2 EPYC of docs/results.md) a step ran ~7x slower: make profile --bf16
-    autocast = torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"
-    )
     model.train()
     t0, loss_value, stopped_at = time.perf_counter(), float("nan"), None
     for step in range(start, settings.steps):
         batch = data.train_batch(step, settings.batch_size, settings.shots, settings.seed)
-        images = batch.queries.to(device).contiguous(memory_format=torch.channels_last)
-        index = None if batch.query_index is None else batch.query_index.to(device)
-        with autocast:
-            prediction = model(images, batch.supports.to(device), query_index=index)
-            losses = model.loss(
-                prediction,
-                batch.boxes,
-                batch.class_ids,
-                settings.match_weight,
-                settings.similarity_weight,
-            )
+        losses = batch_losses(model, batch, settings, device)
         loss = losses["loss"]
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value) or loss_value > settings.max_loss:
@@ -221,6 +206,26 @@ def fit(
         "resumed_from": start,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def batch_losses(
+    model: FewShotDetector, batch, settings: TrainSettings, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Forward and losses of one training batch, in ``settings.precision``. bf16 autocast pays
+    on GPUs and on CPUs with AMX or AVX-512 BF16; on a CPU without them (the AVX2 EPYC of
+    docs/results.md) a step ran ~7x slower: make profile --bf16."""
+    images = batch.queries.to(device).contiguous(memory_format=torch.channels_last)
+    index = None if batch.query_index is None else batch.query_index.to(device)
+    bf16 = settings.precision == "bf16"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        prediction = model(images, batch.supports.to(device), query_index=index)
+        return model.loss(
+            prediction,
+            batch.boxes,
+            batch.class_ids,
+            settings.match_weight,
+            settings.similarity_weight,
+        )
 
 
 def shuffled_class(class_id: int, pool: list[int], seed: int) -> int:
