@@ -12,6 +12,7 @@ greyed.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from pathlib import Path
 
@@ -26,13 +27,13 @@ from analysis.claims import (
     load_benchmark,
     parameter_counts,
 )
-from analysis.plots import plot_deltas, plot_learning_curves
 from analysis.runs import load_metric_histories, run_url
 from analysis.study import StudyAnalysis
 from analysis.verdicts import PLUMBING, PLUMBING_REASON, VERDICT_MEANINGS
 
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
 DEFAULT_REPORTS = Path("reports")
+_PAGE_CODE = [Path(__file__), Path(__file__).with_name("plots.py"), Path(_html.__file__)]
 
 
 def default_ui_url() -> str:
@@ -55,16 +56,37 @@ def write_dashboard(
 ) -> Path:
     """Write ``<out_dir>/<study>/index.html`` and return its path.
 
-    ``histories`` (``run_id, key, step, value``) is read from the study's store when not given.
+    ``histories`` (``run_id, key, step, value``) is read from the study's store when not given;
+    then a page written from the same results, benchmark and dashboard code (its stamp file
+    ``.stamp`` says so) is kept as it is, so reporting a finished study again renders nothing.
     """
+    ui_url = ui_url or default_ui_url()
+    path = Path(out_dir) / _html.safe_dirname(analysis.study) / "index.html"
+    stamp_file = path.with_name(".stamp")
+    stamp = _stamp(analysis, ui_url, benchmark_path)
+    if histories is None and path.is_file() and _read(stamp_file) == stamp:
+        return path
     keys = curve_keys(analysis.runs, analysis.metric)
     if histories is None:
         histories = load_metric_histories(analysis.runs["run_id"], keys, analysis.tracking_uri)
-    path = Path(out_dir) / _html.safe_dirname(analysis.study) / "index.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    html = render_dashboard(analysis, ui_url or default_ui_url(), benchmark_path, histories, keys)
+    html = render_dashboard(analysis, ui_url, benchmark_path, histories, keys)
     path.write_text(html, encoding="utf-8")
+    stamp_file.write_text(stamp, encoding="utf-8")
     return path
+
+
+def _stamp(analysis: StudyAnalysis, ui_url: str, benchmark_path: str | Path) -> str:
+    """What a dashboard page shows, hashed: the study's results, the benchmark file, the UI
+    address and the code that draws the page."""
+    h = hashlib.sha256(f"{analysis.digest}\n{ui_url}\n".encode())
+    for source in (Path(benchmark_path), *_PAGE_CODE):
+        h.update(source.read_bytes() if source.is_file() else b"missing")
+    return h.hexdigest()[:16]
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def render_dashboard(
@@ -75,6 +97,8 @@ def render_dashboard(
     keys: list[str],
 ) -> str:
     """The dashboard's HTML (see the module docstring)."""
+    from analysis.plots import plot_deltas, plot_learning_curves  # matplotlib: only to draw
+
     ablations = list(dict.fromkeys(analysis.verdicts["ablation"]))
     sections = [
         f"<h1>Ablation study {esc(analysis.study)}</h1>",

@@ -5,6 +5,7 @@ The CLI, the dashboard and the notebook all start from ``analyze_study``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,19 @@ class StudyAnalysis:
     def metric(self) -> str:
         """The metric the deltas and verdicts are about, e.g. ``test/nAP50``."""
         return self.deltas.metric
+
+    @property
+    def digest(self) -> str:
+        """A hash of what a report of the study shows: its runs (ids, states, metrics, tags),
+        verdicts and the metric; equal digests mean a report written before is still current."""
+        text = "\n".join(
+            [
+                self.metric,
+                self.runs.to_json(date_format="iso", default_handler=str),
+                self.verdicts.to_json(date_format="iso", default_handler=str),
+            ]
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def analyze_study(

@@ -5,8 +5,11 @@ study. Its tags: ``kind=study`` and ``summary_of=<study>`` (not ``study=``, so w
 study's runs by that tag never sees it; search ``tags.summary_of = '<study>'`` in the UI), and
 how its seeds were chosen (``seeds=auto`` with ``seeds_start``/``seeds_batch``/``seeds_max``, or
 the fixed list; tags, not params, because a study run again with other seeds must say so). Its
-artifacts: ``verdicts.json`` (``MlflowClient.log_table``) and one ``deltas/<ablation>.png`` per
-ablation (``MlflowClient.log_figure``). ``analysis.runs.load_study_design`` reads the design back.
+artifacts: ``verdicts.json`` (``{"columns": [...], "data": [[...], ...]}``, the layout of
+``MlflowClient.log_table``, rewritten whole each time: ``log_table`` would append the rows again)
+and one ``deltas/<ablation>.png`` per ablation (``MlflowClient.log_figure``); its tag
+``results_digest`` says which results they show, so reporting unchanged results again rewrites
+nothing. ``analysis.runs.load_study_design`` reads the design back.
 
 ``open_study_run`` finds the parent run again (a study run again, or reported again, updates it)
 or creates it; ``publish_study`` writes the table and plots.
@@ -14,12 +17,14 @@ or creates it; ``publish_study`` writes the table and plots.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from analysis.runs import STUDY_RUN_KIND, SUMMARY_TAG, _client, find_study_run
 from analysis.sequential import SeedSchedule
 from analysis.study import StudyAnalysis
 
+DIGEST_TAG = "results_digest"  # which results the parent run's artifacts show
 EXPERIMENT = "psalm"  # the experiment the pipeline's runs live in (conf/config.yaml tracking)
 
 
@@ -64,23 +69,26 @@ def open_study_run(
 
 
 def publish_study(analysis: StudyAnalysis, experiment: str = EXPERIMENT) -> str:
-    """Write the verdict table and the delta plots to the study's parent run; returns its id."""
-    from analysis.plots import plot_deltas
-
+    """Write the verdict table and the delta plots to the study's parent run; returns its id.
+    Results already published (the same ``results_digest``) are not written again."""
     design = design_params(analysis.schedule, tuple(sorted(_seeds(analysis))))
     run_id = open_study_run(
         analysis.study, analysis.tracking_uri, experiment=experiment, default_design=design
     )
     client, _ = _client(analysis.tracking_uri)
-    table = analysis.verdicts.copy()
-    for column in table.columns:  # log_table wants JSON-able cells: no tuples, no pd.NA
-        if table[column].dtype == object:
-            table[column] = table[column].map(lambda v: v if isinstance(v, str) else str(v))
-    client.log_table(run_id, data=table, artifact_file="verdicts.json")
-    for ablation in dict.fromkeys(analysis.verdicts["ablation"]):
+    digest = analysis.digest
+    if client.get_run(run_id).data.tags.get(DIGEST_TAG) == digest:
+        return run_id
+    from analysis.plots import plot_deltas
+
+    table = analysis.verdicts
+    rows = json.loads(table.to_json(orient="values", date_format="iso", default_handler=str))
+    client.log_dict(run_id, {"columns": list(table.columns), "data": rows}, "verdicts.json")
+    for ablation in dict.fromkeys(table["ablation"]):
         figure = plot_deltas(analysis, ablation)
         client.log_figure(run_id, figure, f"deltas/{ablation}.png")
     client.set_tag(run_id, "verdicts", _summary(analysis))
+    client.set_tag(run_id, DIGEST_TAG, digest)
     return run_id
 
 

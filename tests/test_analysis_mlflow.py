@@ -170,3 +170,41 @@ def test_a_metric_that_names_no_logged_metric_is_refused():
 
     with pytest.raises(ConfigError, match="metric must name a logged metric"):
         load_study("pyramid", ["metric=stiou"])
+
+
+def test_reporting_unchanged_results_again_rewrites_nothing_and_never_appends(tmp_path):
+    """A finished study run again reports again: its parent run's verdict table holds each
+    verdict once, and neither it nor the dashboard is redrawn unless the results changed."""
+    from _analysis_fixtures import log_to_mlflow
+    from mlflow.tracking import MlflowClient
+
+    from analysis import analyze_study, write_dashboard
+    from analysis.study_run import publish_study
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_to_mlflow(uri, planted_study())
+    reports = tmp_path / "reports"
+
+    def report() -> tuple[str, Path, int]:
+        result = analyze_study("planted", uri)
+        page = write_dashboard(result, reports)
+        return publish_study(result), page, len(result.verdicts)
+
+    def logged_rows(run_id: str) -> list:
+        folder = tmp_path / f"download-{len(list(tmp_path.glob('download-*')))}"
+        folder.mkdir()
+        path = MlflowClient(uri).download_artifacts(run_id, "verdicts.json", str(folder))
+        return json.loads(Path(path).read_text())["data"]
+
+    run_id, page, n_verdicts = report()
+    first = page.stat().st_mtime_ns
+    assert len(logged_rows(run_id)) == n_verdicts
+    assert report()[0] == run_id and page.stat().st_mtime_ns == first  # nothing redrawn
+    assert len(logged_rows(run_id)) == n_verdicts
+
+    client = MlflowClient(uri)
+    runs = load_runs("planted", uri)
+    baseline = runs[(runs.arm == "baseline") & (runs.status == "FINISHED")].iloc[0]
+    client.log_metric(baseline.run_id, "test/nAP50", 0.99)  # the results change …
+    assert report()[0] == run_id and page.stat().st_mtime_ns != first  # … so it is redrawn
+    assert len(logged_rows(run_id)) == n_verdicts  # rewritten, not appended
