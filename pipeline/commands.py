@@ -65,7 +65,7 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate
     def body() -> int:
         from pipeline.config import ConfigError
         from pipeline.run import evaluate_run
-        from psalm.training import EVAL_MODES
+        from psalm.options import EVAL_MODES
 
         if mode not in EVAL_MODES:
             raise ConfigError(f"mode={mode!r} is not one of {', '.join(EVAL_MODES)}")

@@ -7,11 +7,14 @@ The config hash identifies a run's *result*: the resolved config minus the keys 
 where or how it runs (launcher, tracking, output folder, labels), plus the code version (a hash
 of the ``psalm`` package's sources) and the data version. Two specs with the same hash would
 train the same model, so a FINISHED run with that hash is never repeated.
+
+What a valid config holds (each group's keys, types and checks) and how a config saved by an
+older version is brought up to date (``migrate``) is ``pipeline.schema``. Neither module imports
+torch, so composing and validating a study's specs stays fast.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -27,6 +30,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 import psalm
+from pipeline.schema import ConfigError, did_you_mean, migrate, validate_config
+from psalm.options import EVAL_MODES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -35,10 +40,6 @@ CONF_DIR = REPO_ROOT / "conf"
 USER_CONF_ENV = "PSALM_USER_CONF"
 # Keys that say where/how a run executes or how it is labelled, not what it computes.
 NON_IDENTITY_KEYS = ("launcher", "tracking", "output_dir", "label", "hydra")
-
-
-class ConfigError(ValueError):
-    """A run's configuration is invalid; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,15 @@ class RunSpec:
             "model": c["model"]["name"],
             "seed": str(c["seed"]),
             "config_hash": self.config_hash,
-            "profile": str(c.get("profile") or ""),
+            "profile": str(c["profile"] or ""),
             "kind": self.kind,
         }
         if self.eval_mode:
             tags["eval_mode"] = self.eval_mode
-        if c["label"].get("sweep"):  # a sweep trial: a child of the sweep's parent run
+        if c["label"]["sweep"]:  # a sweep trial: a child of the sweep's parent run
             tags["sweep"] = str(c["label"]["sweep"])
             tags["trial"] = str(c["label"]["trial"])
-            if c["label"].get("parent_run"):
+            if c["label"]["parent_run"]:
                 tags["mlflow.parentRunId"] = str(c["label"]["parent_run"])
         return tags
 
@@ -93,7 +94,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
             key = override.lstrip("+").split("=", 1)[0]
             if key not in known and not key.startswith("hydra."):
                 raise ConfigError(
-                    f"unknown config key {key!r} (in {override}){_nearest(key, known)}"
+                    f"unknown config key {key!r} (in {override}){did_you_mean(key, known)}"
                 )
         cfg = _compose(overrides)
     return cfg
@@ -142,12 +143,6 @@ def _is_group_addition(override: str) -> bool:
     return (CONF_DIR / key.replace(".", "/")).is_dir()
 
 
-def _nearest(key: str, known: Mapping[str, Any]) -> str:
-    """'; did you mean …?' with the closest known key (difflib), or nothing."""
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
 def _hydra_error(exc: Exception, overrides: Sequence[str]) -> str:
     """Hydra's message in one line; for an unknown key, the nearest known one instead of
     Hydra's advice to append it with ``+``."""
@@ -160,7 +155,7 @@ def _hydra_error(exc: Exception, overrides: Sequence[str]) -> str:
         full = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
         base = _compose([o for o in overrides if o not in full]) if full else None
         known = flatten(OmegaConf.to_container(base, resolve=False)) if base is not None else {}
-        return f"unknown config key {key!r}{_nearest(key, known)}"
+        return f"unknown config key {key!r}{did_you_mean(key, known)}"
     match = re.search(r"Could not find '([^']+)'", text)
     if match:  # a config group option that does not exist, e.g. launcher=slurmm
         group = match.group(1).split("/")[0]
@@ -180,19 +175,19 @@ def make_spec(overrides: Sequence[str] = (), **kwargs: Any) -> RunSpec:
 def spec_from_config(
     cfg: DictConfig | Mapping[str, Any], overrides: tuple[str, ...] = (), **kwargs: Any
 ) -> RunSpec:
-    """A ``RunSpec`` from an already composed config (``@hydra.main`` hands one over)."""
+    """A ``RunSpec`` from an already composed config (``@hydra.main`` hands one over) or a saved
+    one (migrated first, so it is the spec of what its version ran)."""
     if isinstance(cfg, DictConfig):
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     else:
         resolved = json.loads(json.dumps(cfg))
     resolved.pop("hydra", None)
+    resolved = migrate(resolved)  # a config saved by an older version; current ones unchanged
     validate_config(resolved)
     kind = kwargs.get("kind", "train")
     if kind not in ("train", "eval"):
         raise ConfigError(f"kind={kind!r} must be train or eval")
     if kind == "eval":
-        from psalm.training import EVAL_MODES
-
         mode = kwargs.get("eval_mode")
         if mode not in EVAL_MODES:
             raise ConfigError(f"eval_mode={mode!r} must be one of {', '.join(EVAL_MODES)}")
@@ -246,145 +241,3 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def validate_config(cfg: Mapping[str, Any]) -> None:
-    """Raise ``ConfigError`` naming the key if the config cannot make a valid run.
-
-    Cheap checks only (no data is loaded); ``pipeline.run.check_spec`` adds the data checks.
-    """
-    from psalm.detector import HEAD_SIMILARITIES, MATCH_ON, template_map_cells
-    from psalm.fusion.psalm_fusion import SUPPORT_MODULATIONS
-    from psalm.registry import ABLATION_FLAGS, FUSION_MODULES
-    from psalm.training import EVAL_MODES, PRECISIONS
-
-    problems: list[str] = []
-    model = cfg.get("model", {})
-    name = model.get("name")
-    if name not in FUSION_MODULES:
-        raise ConfigError(f"model.name={name!r} is not one of {sorted(FUSION_MODULES)}")
-    for other, flags in ABLATION_FLAGS.items():
-        if other == name:
-            continue
-        for flag in flags:
-            if flag in model and flag not in ABLATION_FLAGS[name]:
-                problems.append(
-                    f"model.{flag} is a {other.upper()} flag; {name.upper()} takes "
-                    f"{', '.join('model.' + f for f in ABLATION_FLAGS[name])}"
-                )
-    heads = model.get("num_heads", 1)
-    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
-        problems.append(f"model.num_heads must be a positive integer, got {heads!r}")
-        heads = 1
-    for key in ("query_channels", "out_channels"):
-        chans = model.get(key)
-        if not isinstance(chans, list) or len(chans) != 4:
-            problems.append(f"model.{key} must list 4 levels (P2..P5), got {chans!r}")
-        elif any(not isinstance(c, int) or c <= 0 for c in chans):
-            problems.append(f"model.{key} must be positive ints, got {chans!r}")
-        elif key == "query_channels" and any(c % heads for c in chans):
-            problems.append(
-                f"model.query_channels {chans} must be divisible by model.num_heads="
-                f"{model.get('num_heads')}"
-            )
-    for key in ("lr", "weight_decay"):
-        value = model.get(key)
-        if not isinstance(value, int | float) or value < 0 or (key == "lr" and value == 0):
-            problems.append(f"model.{key} must be a positive number, got {value!r}")
-    if model.get("head_similarity", "prototype") not in HEAD_SIMILARITIES:
-        problems.append(
-            f"model.head_similarity={model.get('head_similarity')!r} is not one of "
-            f"{', '.join(HEAD_SIMILARITIES)}"
-        )
-    modulation = model.get("support_modulation", "sigmoid")
-    if name == "psalm" and modulation not in SUPPORT_MODULATIONS:
-        problems.append(
-            f"model.support_modulation={modulation!r} is not one of "
-            f"{', '.join(SUPPORT_MODULATIONS)}"
-        )
-    if name == "cheaf" and "support_modulation" in model:
-        problems.append("model.support_modulation is a PSALM setting; CHEAF has no modulation")
-    if model.get("match_on", "backbone") not in MATCH_ON:
-        problems.append(
-            f"model.match_on={model.get('match_on')!r} is not one of {', '.join(MATCH_ON)}"
-        )
-    if model.get("similarity_gate") and not model.get("support_in_head"):
-        problems.append("model.similarity_gate=true needs model.support_in_head=true")
-    for key in ("template_sides", "template_cells"):
-        values = model.get(key, [1, 1, 1, 1])
-        if not isinstance(values, list) or len(values) != 4:
-            problems.append(f"model.{key} must list 4 levels (P2..P5), got {values!r}")
-        elif any(not isinstance(v, int) or v < 1 for v in values):
-            problems.append(f"model.{key} must be positive ints, got {values!r}")
-        elif key == "template_cells" and any(v % 2 == 0 for v in values):
-            problems.append(f"model.template_cells must be odd (a window's centre), got {values}")
-        elif key == "template_cells" and isinstance(sides := model.get("template_sides"), list):
-            for level, (side, cells) in enumerate(zip(sides, values, strict=False)):
-                if isinstance(side, int) and cells > template_map_cells(side, level):
-                    problems.append(
-                        f"model.template_cells[{level}]={cells} exceeds the map of a {side} px "
-                        f"template on P{level + 2}: raise model.template_sides[{level}]"
-                    )
-    train = cfg.get("train", {})
-    for key in ("steps", "batch_size", "shots", "checkpoint_every", "threads"):
-        value = train.get(key)
-        if not isinstance(value, int) or value < 1:
-            problems.append(f"train.{key} must be a positive integer, got {value!r}")
-    precision = train.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        problems.append(
-            f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-        )
-    data = cfg.get("data", {})
-    for key in ("image_size", "support_size"):
-        value = data.get(key)
-        if not isinstance(value, int) or value <= 0 or value % 32:
-            problems.append(f"data.{key} must be a positive multiple of 32, got {value!r}")
-    episodes = data.get("episodes_per_canvas", 1)
-    if data.get("name") == "synthetic" and (not isinstance(episodes, int) or episodes < 1):
-        problems.append(f"data.episodes_per_canvas must be a positive integer, got {episodes!r}")
-    clutter = data.get("clutter_prob", 0.0)
-    if data.get("name") == "synthetic" and (
-        not isinstance(clutter, int | float) or not 0 <= clutter <= 1
-    ):
-        problems.append(f"data.clutter_prob must be a probability in [0, 1], got {clutter!r}")
-    if data.get("name") not in ("synthetic", "coco", "video"):
-        problems.append(f"data.name={data.get('name')!r} is not one of synthetic, coco, video")
-    if data.get("name") == "video":
-        problems += _video_data_problems(data)
-    if data.get("name") == "coco":
-        for key in ("train_ann", "train_images", "test_ann", "test_images", "novel_classes"):
-            if data.get(key) in (None, "???"):
-                problems.append(f"data.{key} is required for data=coco (set data.{key}=…)")
-    modes = cfg.get("eval", {}).get("modes", [])
-    bad = [m for m in modes if m not in EVAL_MODES]
-    if bad:
-        problems.append(f"eval.modes has unknown mode(s) {bad}; use {', '.join(EVAL_MODES)}")
-    if problems:
-        raise ConfigError("invalid run config:\n  - " + "\n  - ".join(problems))
-
-
-def _video_data_problems(data: Mapping[str, Any]) -> list[str]:
-    """``data=video`` keys: the four paths all set or all null (the synthetic benchmark), strides
-    and shares in range."""
-    problems = []
-    paths = ("train_root", "train_ann", "test_root", "test_ann")
-    unset = [k for k in paths if data.get(k) in (None, "???")]
-    if unset and len(unset) < len(paths):
-        problems.append(
-            f"data.{', data.'.join(unset)} unset: set all of data.{', data.'.join(paths)}, or "
-            "none of them for the embedded synthetic video benchmark"
-        )
-    for key in ("frame_stride", "eval_stride"):
-        value = data.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(f"data.{key} must be a positive integer, got {value!r}")
-    for key, upper in (("background_share", 1.0), ("val_fraction", 0.99)):
-        value = data.get(key)
-        if not isinstance(value, int | float) or not 0 <= value <= upper:
-            problems.append(f"data.{key} must be a number in [0, {upper}], got {value!r}")
-    for key in ("n_val", "n_test"):
-        value = data.get(key)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            problems.append(f"data.{key} must be a positive integer or null, got {value!r}")
-    return problems

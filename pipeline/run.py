@@ -92,7 +92,8 @@ def _sigterm_stops_the_run() -> Iterator[_StopRequest]:
 
 
 def build_data(data_cfg: dict[str, Any]) -> FewShotData:
-    """The dataset a config names (``synthetic``, ``coco`` or ``video``)."""
+    """The dataset a config names (``synthetic``, ``coco`` or ``video``); the config is a
+    validated spec's (configs saved by older versions went through ``pipeline.schema.migrate``)."""
     if data_cfg["name"] == "video":
         return _build_video_data(data_cfg)
     if data_cfg["name"] == "synthetic":
@@ -102,9 +103,8 @@ def build_data(data_cfg: dict[str, Any]) -> FewShotData:
             support_size=data_cfg["support_size"],
             n_val=data_cfg["n_val"],
             n_test=data_cfg["n_test"],
-            episodes_per_canvas=data_cfg.get("episodes_per_canvas", 1),
-            # configs saved before the key existed were drawn with clutter on 80 % of canvases
-            clutter_prob=data_cfg.get("clutter_prob", 0.8),
+            episodes_per_canvas=data_cfg["episodes_per_canvas"],
+            clutter_prob=data_cfg["clutter_prob"],
         )
     from psalm.data import CocoFewShot
 
@@ -139,8 +139,7 @@ def build_detector(model_cfg: dict[str, Any], seed: int) -> FewShotDetector:
     """The detector a config names, initialised from ``seed``."""
     torch.manual_seed(seed)
     name = model_cfg["name"]
-    # PSALM's support modulation (configs saved before the key existed used "sigmoid")
-    extra = {"support_modulation": model_cfg.get("support_modulation", "sigmoid")}
+    extra = {"support_modulation": model_cfg["support_modulation"]} if name == "psalm" else {}
     fusion = build_fusion(
         name,
         query_channels=model_cfg["query_channels"],
@@ -148,7 +147,7 @@ def build_detector(model_cfg: dict[str, Any], seed: int) -> FewShotDetector:
         out_channels=model_cfg["out_channels"],
         num_heads=model_cfg["num_heads"],
         **{flag: model_cfg[flag] for flag in ABLATION_FLAGS[name]},
-        **(extra if name == "psalm" else {}),
+        **extra,
     )
     return FewShotDetector(
         fusion,
@@ -156,14 +155,12 @@ def build_detector(model_cfg: dict[str, Any], seed: int) -> FewShotDetector:
         fused_channels=model_cfg["out_channels"],
         head_channels=model_cfg["head_channels"],
         support_in_head=model_cfg["support_in_head"],
-        head_similarity=model_cfg.get("head_similarity", "prototype"),
-        similarity_gate=model_cfg.get("similarity_gate", False),
-        standardize_inputs=model_cfg.get("standardize_inputs", False),
-        # configs saved before these keys existed ran with the earlier template scale
-        template_sides=model_cfg.get("template_sides", (24, 48, 64, 64)),
-        template_cells=model_cfg.get("template_cells", (5, 5, 3, 1)),
-        # configs saved before the key existed matched the support on the backbone's maps
-        match_on=model_cfg.get("match_on", "backbone"),
+        head_similarity=model_cfg["head_similarity"],
+        similarity_gate=model_cfg["similarity_gate"],
+        standardize_inputs=model_cfg["standardize_inputs"],
+        template_sides=model_cfg["template_sides"],
+        template_cells=model_cfg["template_cells"],
+        match_on=model_cfg["match_on"],
     )
 
 
@@ -182,14 +179,14 @@ def train_settings(cfg: dict[str, Any]) -> TrainSettings:
         checkpoint_every=train["checkpoint_every"],
         eval_every=train["eval_every"],
         match_weight=train["match_weight"],
-        similarity_weight=train.get("similarity_weight", 0.0),
-        precision=train.get("precision", "fp32"),
+        similarity_weight=train["similarity_weight"],
+        precision=train["precision"],
     )
 
 
 def run_dir(spec: RunSpec) -> Path:
     """Where a run keeps its checkpoint and artifacts."""
-    root = Path(spec.config.get("output_dir") or "runs")
+    root = Path(spec.config["output_dir"])
     return (root if root.is_absolute() else REPO_ROOT / root) / spec.config_hash
 
 
@@ -225,7 +222,7 @@ def _set_threads(cfg: dict[str, Any]) -> torch.device:
     # a dispatch slot's size wins over the config's (the local queue sets DISPATCH_THREADS)
     threads = int(os.environ.get("DISPATCH_THREADS", cfg["train"]["threads"]))
     torch.set_num_threads(threads)
-    device = cfg["train"].get("device", "auto")
+    device = cfg["train"]["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)

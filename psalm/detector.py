@@ -64,17 +64,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psalm.boxes import nms
-
-SUPPORT_MODES = ("normal", "none", "bypass")
-MATCH_ON = ("fused", "backbone")
-HEAD_SIMILARITIES = ("prototype", "template")
-STRIDES = (4, 8, 16, 32)  # of the levels P2..P5
-
-
-def template_map_cells(side: int, level: int) -> int:
-    """Cells of a ``side`` px template's map on level P(level + 2): the most
-    ``template_cells[level]`` may pool it to."""
-    return math.ceil(side / STRIDES[level])
+from psalm.options import (  # defined without torch; re-exported here
+    HEAD_SIMILARITIES,
+    MATCH_ON,
+    STRIDES,
+    SUPPORT_MODES,
+    template_map_cells,
+)
 
 
 def _norm(channels: int) -> nn.GroupNorm:

@@ -5,16 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from psalm.fusion import CHEAFFusionModule, PSALMFusion
+from psalm.options import ABLATION_FLAGS  # each module's flags, defined without torch
+
+__all__ = ["ABLATION_FLAGS", "FUSION_MODULES", "build_fusion"]
 
 FUSION_MODULES: dict[str, type[nn.Module]] = {
     "cheaf": CHEAFFusionModule,
     "psalm": PSALMFusion,
-}
-
-# The ablation flags each module takes, in the report's spelling.
-ABLATION_FLAGS: dict[str, tuple[str, ...]] = {
-    "cheaf": ("use_pyramid_refinement", "use_short_long_conv"),
-    "psalm": ("use_pyramid", "use_conv_preprocessing"),
 }
 
 

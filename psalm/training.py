@@ -31,12 +31,9 @@ from torch import nn
 from psalm.data import FewShotData
 from psalm.detector import FewShotDetector
 from psalm.evaluation import Detection, FewShotMetrics, evaluate_fewshot
+from psalm.options import EVAL_MODES, PRECISIONS  # defined without torch; re-exported here
 
-EVAL_MODES = ("normal", "none", "bypass", "shuffled")
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-PRECISIONS = ("fp32", "bf16")  # train.precision: the training step's arithmetic
 
 
 class DivergedError(RuntimeError):

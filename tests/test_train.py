@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import ConfigError, RunSpec, flatten, make_spec
 from pipeline.run import build_data, check_spec, evaluate_run, run, run_dir
+from pipeline.schema import migrate
 from pipeline.tracking import Tracker
 from psalm.data import SyntheticGlyphs
 from psalm.registry import ABLATION_FLAGS
@@ -448,9 +449,9 @@ def test_invalid_configs_are_refused_naming_the_key(overrides: list[str], key: s
 
 def test_a_config_saved_before_clutter_prob_existed_rebuilds_its_cluttered_benchmark() -> None:
     """Old runs re-evaluate on the canvases they were trained on (clutter on 80 % of them)."""
-    data_cfg = dict(make_spec(SMOKE).config["data"])
-    assert data_cfg.pop("clutter_prob") == 0.0
-    assert build_data(data_cfg).describe()["clutter_prob"] == 0.8
+    config = make_spec(SMOKE).config
+    assert config["data"].pop("clutter_prob") == 0.0
+    assert build_data(migrate(config)["data"]).describe()["clutter_prob"] == 0.8
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -49,6 +49,7 @@ from psalm.fusion._layers import (
     to_tokens,
     upsample_to,
 )
+from psalm.options import SUPPORT_MODULATIONS  # defined without torch; re-exported here
 
 
 class PyramidEnrichment(nn.Module):
@@ -104,9 +105,6 @@ class ShortLongConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.short(x) + self.long_v(self.long_h(x))
-
-
-SUPPORT_MODULATIONS = ("sigmoid", "layernorm")
 
 
 class ModulatedAttention(nn.Module):

@@ -1,0 +1,32 @@
+"""The library's named options, without torch: what a config may choose, checked before any model
+is built (``pipeline.schema`` validates configs against them in a process that never loads torch).
+
+The modules that implement the options re-export them (``psalm.detector.MATCH_ON``,
+``psalm.training.EVAL_MODES``, ``psalm.registry.ABLATION_FLAGS``, …), so either import works.
+"""
+
+from __future__ import annotations
+
+import math
+
+# The ablation flags of each fusion module (``psalm.registry.FUSION_MODULES``), in the report's
+# spelling.
+ABLATION_FLAGS: dict[str, tuple[str, ...]] = {
+    "cheaf": ("use_pyramid_refinement", "use_short_long_conv"),
+    "psalm": ("use_pyramid", "use_conv_preprocessing"),
+}
+
+SUPPORT_MODULATIONS = ("sigmoid", "layernorm")  # PSALM's stage-2 modulation of the query
+SUPPORT_MODES = ("normal", "none", "bypass")  # how the detector passes the support to the fusion
+MATCH_ON = ("fused", "backbone")  # the maps the detector's head matches the support on
+HEAD_SIMILARITIES = ("prototype", "template")  # how the head compares query and support
+STRIDES = (4, 8, 16, 32)  # of the levels P2..P5
+
+EVAL_MODES = ("normal", "none", "bypass", "shuffled")  # the support an evaluation gives
+PRECISIONS = ("fp32", "bf16")  # train.precision: the training step's arithmetic
+
+
+def template_map_cells(side: int, level: int) -> int:
+    """Cells of a ``side`` px template's map on level P(level + 2): the most
+    ``template_cells[level]`` may pool it to."""
+    return math.ceil(side / STRIDES[level])
