@@ -18,12 +18,10 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from pipeline import dispatch as dispatch_module
 from pipeline.dispatch import (
     JobStatus,
     LauncherConfig,
     Slot,
-    _Progress,
     cancel,
     dispatch,
     estimate_remaining_s,
@@ -33,6 +31,8 @@ from pipeline.dispatch import (
     visible_gpus,
     wait_for,
 )
+from pipeline.dispatch import local as local_backend
+from pipeline.dispatch.status import _Progress
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_launcher_config_rejects_bad_values_and_unknown_keys() -> None:
 
 
 def test_local_slots_one_gpu_each_or_cpu_cores_per_thread_count(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch_module, "available_cpus", lambda: 8)
+    monkeypatch.setattr(local_backend, "available_cpus", lambda: 8)
     gpu_slots = local_slots(LauncherConfig(gpus=("0", "1")))
     assert [(s.gpu, s.threads) for s in gpu_slots] == [("0", 4), ("1", 4)]
     assert local_slots(LauncherConfig(gpus=(), threads_per_job=2)) == [
