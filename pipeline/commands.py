@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import OneLineParser, guarded
+from pipeline.cli import OneLineParser, guarded, log_level, setup_logging, verbosity_flags
 
 _OVERRIDES_HELP = (
     "Hydra overrides of conf/config.yaml, e.g. model=cheaf seed=1 profile=smoke "
@@ -32,6 +32,7 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "psalm-train") -> 
     """Train one run (``psalm-train``); the exit status."""
     parser = _parser(prog, "Train one run and record it in MLflow.")
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else list(argv))
+    setup_logging(log_level(args))
 
     def body() -> int:
         from pipeline.config import make_spec
@@ -58,6 +59,7 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate
         "the default) | shuffled (another class's supports: a control)"
     )
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else list(argv))
+    setup_logging(log_level(args))
     modes = [a.split("=", 1)[1] for a in args.overrides if a.startswith("mode=")]
     rest = tuple(a for a in args.overrides if not a.startswith("mode="))
     mode = modes[-1] if modes else "none"
@@ -76,7 +78,7 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description, parents=[verbosity_flags()])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("overrides", nargs="*", metavar="override", help=_OVERRIDES_HELP)
     return parser

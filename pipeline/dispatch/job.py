@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from typing import Any
 
 import submitit
 
+from pipeline.cli import setup_logging
 from pipeline.dispatch.batch import read_json, write_json_atomic
 
 # A scheduler's view of a batch: index -> (job id, scheduler state, detail)
@@ -70,6 +72,8 @@ class Job(submitit.helpers.Checkpointable):
         self.report = report  # path of the JSON report
 
     def __call__(self) -> Any:
+        if not logging.getLogger().handlers:  # a process of its own: its stderr is the job's log
+            setup_logging()
         path = Path(self.report)
         previous = read_json(path) or {}
         now = time.time()

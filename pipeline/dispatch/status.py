@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +16,9 @@ from pipeline.dispatch import local, slurm
 from pipeline.dispatch.batch import MANIFEST, batch_folder, read_json
 from pipeline.dispatch.job import JobStatus
 from pipeline.processes import release
+from pipeline.progress import Progress, estimate_remaining_s, format_duration
+
+log = logging.getLogger(__name__)
 
 FINAL_STATES = ("done", "failed", "cancelled")
 # A cancelled local queue interrupts its jobs and gives them STOP_GRACE_S (10 s) before SIGKILL.
@@ -148,17 +151,20 @@ def wait_for(
     batch_dir = batch_folder(folder)
     manifest = read_json(batch_dir / MANIFEST)
     poll_s = poll_s or (5.0 if manifest["kind"] == "slurm" else 0.5)
+    parallelism = manifest.get("parallelism", 1)
     bar = (
-        _Progress(stream or sys.stderr, batch_dir.name, manifest.get("parallelism", 1))
+        Progress(batch_dir.name, len(manifest["jobs"]), unit="job", stream=stream)
         if progress
         else None
     )
+    reported: set[int] = set()
     start = time.time()
     try:
         while True:
             statuses = status(batch_dir)
             if bar:
-                bar.update(statuses)
+                eta = batch_remaining_s(statuses, parallelism, startup_s(manifest, statuses))
+                show_progress(bar, statuses, reported, eta)
             if all(s.state in FINAL_STATES for s in statuses):
                 break
             if timeout_s is not None and time.time() - start > timeout_s:
@@ -171,17 +177,21 @@ def wait_for(
             cancel(batch_dir, wait_s=CANCEL_WAIT_S)
             release(manifest.get("runner_pid") or 0)
         elif manifest["kind"] == "slurm":
-            print(
-                f"\ninterrupted: the SLURM jobs keep running; follow them with status({batch_dir})"
-                f" or stop them with cancel({batch_dir})",
-                file=sys.stderr,
+            log.warning(
+                "interrupted: the SLURM jobs keep running; follow them with status(%s) or stop "
+                "them with cancel(%s)",
+                batch_dir,
+                batch_dir,
             )
         raise
+    finally:
+        if bar:
+            bar.close()
     statuses = [with_result(s, batch_dir) for s in statuses]
     if manifest["kind"] == "local":
         release(manifest.get("runner_pid") or 0)
     if bar:
-        bar.finish(statuses)
+        warn_unfinished(batch_dir.name, statuses)
     return statuses
 
 
@@ -197,32 +207,30 @@ def cancel(folder: str | Path, wait_s: float = 0.0) -> None:
         slurm.cancel([entry["job_id"] for entry in manifest["jobs"]])
 
 
-def _format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def estimate_remaining_s(
-    statuses: Sequence[JobStatus], parallelism: int, now: float | None = None
+def batch_remaining_s(
+    statuses: Sequence[JobStatus],
+    parallelism: int,
+    startup_s: float = 0.0,
+    now: float | None = None,
 ) -> float | None:
-    """Seconds until the batch ends, from the mean duration of finished jobs; None before one
-    finished."""
+    """Seconds until the batch ends: the mean duration of its finished jobs, scheduled on
+    `parallelism` slots, each job still to start paying `startup_s` first
+    (`pipeline.progress.estimate_remaining_s`); None before a job has finished."""
     now = time.time() if now is None else now
     durations = [s.duration_s for s in statuses if s.state == "done" and s.duration_s is not None]
     if not durations:
         return None
-    mean = sum(durations) / len(durations)
-    running = [s for s in statuses if s.state == "running"]
+    running = [now - (s.started or now) for s in statuses if s.state == "running"]
     queued = sum(s.state in ("queued", "unknown") for s in statuses)
-    work = sum(max(mean - (now - (s.started or now)), 0.0) for s in running) + mean * queued
-    lanes = max(1, min(parallelism, len(running) + queued))
-    return work / lanes
+    mean = sum(durations) / len(durations)
+    return estimate_remaining_s(mean, running, queued, parallelism, startup_s)
+
+
+def startup_s(manifest: dict[str, Any], statuses: Sequence[JobStatus]) -> float:
+    """What it takes a job to start: from the batch's creation to its first job's start
+    (the queue, the process, its imports); 0 before a job has started."""
+    starts = [s.started for s in statuses if s.started is not None]
+    return max(min(starts) - manifest["created"], 0.0) if starts else 0.0
 
 
 def summarize(statuses: Sequence[JobStatus]) -> dict[str, int]:
@@ -231,63 +239,41 @@ def summarize(statuses: Sequence[JobStatus]) -> dict[str, int]:
     return {state: sum(s.state == state for s in statuses) for state in order}
 
 
-class _Progress:
-    """Per-job lines when jobs finish, plus a one-line summary with an ETA."""
+def show_progress(
+    progress: Progress, statuses: Sequence[JobStatus], reported: set[int], eta_s: float | None
+) -> None:
+    """A line for each job that has ended since the last call (its index joins `reported`),
+    then the counts: "3/12 done, 2 running, 7 queued"."""
+    total = len(statuses)
+    for s in statuses:
+        if s.state in FINAL_STATES and s.index not in reported:
+            reported.add(s.index)
+            progress.write(_job_line(s, len(reported), total))
+    counts = summarize(statuses)
+    parts = [f"{counts['done']}/{total} done"]
+    parts += [f"{n} {state}" for state, n in counts.items() if n and state != "done"]
+    progress.update(sum(s.state in FINAL_STATES for s in statuses), ", ".join(parts), eta_s)
 
-    def __init__(self, stream: TextIO, name: str, parallelism: int) -> None:
-        self.stream = stream
-        self.name = name
-        self.parallelism = parallelism
-        self.reported: set[int] = set()
-        self.last_line = ""
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
 
-    def update(self, statuses: Sequence[JobStatus]) -> None:
-        total = len(statuses)
-        for s in statuses:
-            if s.state in FINAL_STATES and s.index not in self.reported:
-                self.reported.add(s.index)
-                self._clear()
-                print(self._job_line(s, len(self.reported), total), file=self.stream, flush=True)
-        counts = summarize(statuses)
-        parts = [f"{counts['done']}/{total} done"]
-        parts += [f"{n} {state}" for state, n in counts.items() if n and state != "done"]
-        line = f"[{self.name}] " + ", ".join(parts)
-        eta = estimate_remaining_s(statuses, self.parallelism)
-        if self.tty:
-            full = line + (f" · ETA {_format_duration(eta)}" if eta is not None else "")
-            self.stream.write("\r" + full.ljust(len(self.last_line)))
-            self.stream.flush()
-            self.last_line = full
-        elif line != self.last_line:  # logs: one line per change, not per poll
-            eta_text = f" · ETA {_format_duration(eta)}" if eta is not None else ""
-            print(line + eta_text, file=self.stream, flush=True)
-            self.last_line = line
+def _job_line(s: JobStatus, finished: int, total: int) -> str:
+    head = f"  {s.state:<9} [{finished}/{total}] {s.label}"
+    if s.state == "done":
+        return f"{head} ({format_duration(s.duration_s)})"
+    where = f" (stderr: {s.stderr})" if s.stderr else ""
+    return f"{head}: {s.detail or s.state}{where}"
 
-    def _clear(self) -> None:
-        if self.tty and self.last_line:
-            self.stream.write("\r" + " " * len(self.last_line) + "\r")
-            self.last_line = ""
 
-    def _job_line(self, s: JobStatus, finished: int, total: int) -> str:
-        head = f"  {s.state:<9} [{finished}/{total}] {s.label}"
-        if s.state == "done":
-            return f"{head} ({_format_duration(s.duration_s)})"
-        log = f" (stderr: {s.stderr})" if s.stderr else ""
-        return f"{head}: {s.detail or s.state}{log}"
-
-    def finish(self, statuses: Sequence[JobStatus]) -> None:
-        self.update(statuses)
-        if self.tty:
-            self.stream.write("\n")
-        failed = [s for s in statuses if s.state != "done"]
-        if failed:
-            print(f"[{self.name}] {len(failed)} job(s) did not finish:", file=self.stream)
-            for s in failed:
-                print(f"  {s.label}: {s.detail or s.state}", file=self.stream)
-                if s.stderr:
-                    print(f"    stderr: {s.stderr}", file=self.stream)
-        self.stream.flush()
+def warn_unfinished(name: str, statuses: Sequence[JobStatus]) -> None:
+    """One warning naming the jobs of batch `name` that did not finish, with their logs."""
+    failed = [s for s in statuses if s.state != "done"]
+    if not failed:
+        return
+    lines = [f"[{name}] {len(failed)} job(s) did not finish:"]
+    for s in failed:
+        lines.append(f"  {s.label}: {s.detail or s.state}")
+        if s.stderr:
+            lines.append(f"    stderr: {s.stderr}")
+    log.warning("%s", "\n".join(lines))
 
 
 def format_status(statuses: Sequence[JobStatus]) -> str:
@@ -301,7 +287,7 @@ def format_status(statuses: Sequence[JobStatus]) -> str:
         if s.state in ("failed", "running") and s.stderr:
             where = f"{s.detail} (stderr: {s.stderr})" if s.detail else f"stderr: {s.stderr}"
         rows.append(
-            (str(s.index), s.state, s.label, s.job_id or "-", _format_duration(elapsed), where)
+            (str(s.index), s.state, s.label, s.job_id or "-", format_duration(elapsed), where)
         )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = [

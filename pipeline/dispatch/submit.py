@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -16,7 +15,15 @@ from pipeline.dispatch import local, slurm
 from pipeline.dispatch.batch import MANIFEST, new_batch_id, write_json_atomic
 from pipeline.dispatch.job import Job, JobStatus
 from pipeline.dispatch.launcher import LauncherConfig
-from pipeline.dispatch.status import _Progress, status, wait_for, with_result
+from pipeline.dispatch.status import (
+    batch_remaining_s,
+    show_progress,
+    status,
+    wait_for,
+    warn_unfinished,
+    with_result,
+)
+from pipeline.progress import Progress
 
 
 def dispatch(
@@ -103,10 +110,12 @@ def _run_in_process(
     batch_dir: Path, jobs: list[Job], log_dir: Path, progress: bool
 ) -> list[JobStatus]:
     log_dir.mkdir(parents=True, exist_ok=True)
-    bar = _Progress(sys.stderr, batch_dir.name, parallelism=1) if progress else None
+    bar = Progress(batch_dir.name, len(jobs), unit="job") if progress else None
+    reported: set[int] = set()
     for job in jobs:
         if bar:
-            bar.update(status(batch_dir))
+            statuses = status(batch_dir)
+            show_progress(bar, statuses, reported, batch_remaining_s(statuses, parallelism=1))
         try:
             outcome = ("success", job())
         except Exception:
@@ -115,5 +124,7 @@ def _run_in_process(
             cloudpickle.dump(outcome, out)
     statuses = [with_result(s, batch_dir) for s in status(batch_dir)]
     if bar:
-        bar.finish(statuses)
+        show_progress(bar, statuses, reported, 0.0)
+        bar.close()
+        warn_unfinished(batch_dir.name, statuses)
     return statuses
