@@ -57,7 +57,7 @@ log = logging.getLogger("ablations")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: the exit status; errors are one line on stderr (``--debug``: traceback)."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_logging(log_level(args))
     return guarded(lambda: args.func(args), debug=args.debug)
 
@@ -457,7 +457,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     flags = verbosity_flags()
     parser = OneLineParser(
         prog="python -m ablations", description=__doc__.split("\n")[0], parents=[flags]

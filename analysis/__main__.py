@@ -49,7 +49,7 @@ log = logging.getLogger("analysis")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a usage or data error, told on stderr)."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_logging(log_level(args))
     try:
         return args.command(args)
@@ -182,7 +182,7 @@ def _warn_excluded(analysis: StudyAnalysis, stream) -> None:
         )
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     flags = verbosity_flags()
     parser = OneLineParser(
         prog="python -m analysis", description=__doc__.split("\n\n")[0], parents=[flags]

@@ -30,7 +30,7 @@ _OVERRIDES_HELP = (
 
 def train_main(argv: Sequence[str] | None = None, prog: str = "psalm-train") -> int:
     """Train one run (``psalm-train``); the exit status."""
-    parser = _parser(prog, "Train one run and record it in MLflow.")
+    parser = train_parser(prog)
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else list(argv))
     setup_logging(log_level(args))
 
@@ -49,15 +49,7 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "psalm-train") -> 
 def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate") -> int:
     """Evaluate a trained run's checkpoint in a support mode (``psalm-evaluate``); the exit
     status."""
-    parser = _parser(
-        prog,
-        "Evaluate a trained run's checkpoint in a support mode, as its own MLflow run. The "
-        "overrides are those the run was trained with (they identify it); it must be FINISHED.",
-    )
-    parser.epilog = (
-        "mode=normal | none (support_features=None in the fusion module: the report's test 3; "
-        "the default) | shuffled (another class's supports: a control)"
-    )
+    parser = evaluate_parser(prog)
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else list(argv))
     setup_logging(log_level(args))
     modes = [a.split("=", 1)[1] for a in args.overrides if a.startswith("mode=")]
@@ -75,6 +67,25 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate
         return 0
 
     return guarded(body, debug=args.debug)
+
+
+def train_parser(prog: str = "psalm-train") -> argparse.ArgumentParser:
+    """The arguments of ``psalm-train``."""
+    return _parser(prog, "Train one run and record it in MLflow.")
+
+
+def evaluate_parser(prog: str = "psalm-evaluate") -> argparse.ArgumentParser:
+    """The arguments of ``psalm-evaluate``."""
+    parser = _parser(
+        prog,
+        "Evaluate a trained run's checkpoint in a support mode, as its own MLflow run. The "
+        "overrides are those the run was trained with (they identify it); it must be FINISHED.",
+    )
+    parser.epilog = (
+        "mode=normal | none (support_features=None in the fusion module: the report's test 3; "
+        "the default) | shuffled (another class's supports: a control)"
+    )
+    return parser
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: the exit status; errors are one line on stderr (``--debug``: traceback)."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_logging(log_level(args))
     return guarded(lambda: args.func(args), debug=args.debug)
 
@@ -197,7 +197,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     flags = verbosity_flags()
     parser = OneLineParser(
         prog="python -m sweeps", description=__doc__.split("\n")[0], parents=[flags]

@@ -112,3 +112,19 @@ def test_lazily_exported_names_all_resolve(package: str) -> None:
         assert getattr(module, name) is not None, f"{package}.{name}"
     with pytest.raises(AttributeError):
         module.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_script_names_every_command_and_its_subcommands(shell: str) -> None:
+    proc = _run([sys.executable, "-m", "pipeline.completion", shell])
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout
+    for script_name in SCRIPTS:
+        assert script_name in script, f"no completion for {script_name}"
+    if shell == "bash":
+        assert "_shtab_psalm_ablations_subparsers=(run status cancel list)" in script
+        assert "_shtab_psalm_sweeps_subparsers=(run status export list)" in script
+        assert "_shtab_psalm_analysis_subparsers=(verdicts report notebook compare studies)" in (
+            script
+        )
+        assert "complete -o bashdefault -F _shtab_psalm_train psalm-train" in script
