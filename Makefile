@@ -31,6 +31,8 @@ B ?=
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 #? Port of mlflow-ui (127.0.0.1 only)
 MLFLOW_PORT ?= 5000
+#? Shell of make completion: bash | zsh
+COMPLETION_SHELL ?= bash
 #? Index of a CUDA torch build for setup, e.g. https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
 
@@ -42,7 +44,7 @@ TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
 .PHONY: help setup test test-fast lint format benchmark profile train evaluate \
 	ablation-pyramid ablation-conv ablation-support ablations ablation-status ablation-cancel \
-	sweep sweep-status optuna-dashboard postgres-up postgres-down \
+	completion sweep sweep-status optuna-dashboard postgres-up postgres-down \
 	report notebook compare mlflow-ui slurm-up slurm-down clean distclean
 
 ##@ General
@@ -93,6 +95,9 @@ lint: $(STAMP) ## Check style: ruff check + ruff format --check
 format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+completion: $(STAMP) ## Print the tab-completion script of the psalm-* commands (COMPLETION_SHELL=bash|zsh), e.g. make -s completion >> ~/.bash_completion
+	@$(PY) -m pipeline.completion $(COMPLETION_SHELL)
 
 ##@ Models
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shlex
 import sys
@@ -38,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.cli import OneLineParser, guarded
+from pipeline.cli import OneLineParser, guarded, log_level, setup_logging, verbosity_flags
 
 if TYPE_CHECKING:
     from ablations.study import Plan
@@ -51,10 +52,13 @@ if TYPE_CHECKING:
 
 CELLS_FILE = "cells.json"  # in the study folder: each cell's config when the study first ran it
 
+log = logging.getLogger("ablations")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: the exit status; errors are one line on stderr (``--debug``: traceback)."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    setup_logging(log_level(args))
     return guarded(lambda: args.func(args), debug=args.debug)
 
 
@@ -75,10 +79,9 @@ def _run(args: argparse.Namespace) -> int:
     if drifted and not args.join:
         cell, changes = drifted
         new_id = f"{plan.study}-{_fingerprint(plan)}"
-        print(
+        log.warning(
             f"these overrides change the cells of study {plan.study} ({cell}: {changes}); "
-            f"running them as study {new_id} (pass --join to add them to {plan.study})",
-            flush=True,
+            f"running them as study {new_id} (pass --join to add them to {plan.study})"
         )
         plan = expand(study, [*run_overrides, f"label.study={new_id}"])
     _record_cells(plan, first.config["output_dir"])
@@ -90,13 +93,12 @@ def _run(args: argparse.Namespace) -> int:
 
         open_study_run(plan.study, uri, {"metric": study.metric})
     todo_train, todo_eval, finished, live = _pending(plan, tracker, args.force)
-    print(
+    log.info(
         f"study {plan.study}: {len(plan.train)} training run(s), {len(plan.evaluate)} "
         f"evaluation(s) over models {list(study.models)} × seeds {list(study.seeds)}; "
         f"{finished} already finished"
         + (f", {live} held by another process (waited for)" if live else "")
-        + f", launcher {launcher.kind}; planned in {time.perf_counter() - t0:.1f}s",
-        flush=True,
+        + f", launcher {launcher.kind}; planned in {time.perf_counter() - t0:.1f}s"
     )
     folder = study_folder(plan.study, first.config["output_dir"])
     if todo_train or todo_eval:
@@ -111,15 +113,13 @@ def _run(args: argparse.Namespace) -> int:
     if todo_train or todo_eval:  # else every cell was found FINISHED above
         missing = [spec for spec in plan.all if tracker.state(spec.config_hash) != "finished"]
     if missing:
-        print(
+        log.error(
             f"study {plan.study} is not done: {len(missing)} of {len(plan.all)} cell(s) have no "
             f"FINISHED run: {', '.join(_cell(s) for s in missing)}; run `{_command(args)}` "
-            "again to resume them",
-            file=sys.stderr,
-            flush=True,
+            "again to resume them"
         )
         return 1
-    print(f"study {plan.study} done in {time.perf_counter() - t0:.0f}s", flush=True)
+    log.info(f"study {plan.study} done in {time.perf_counter() - t0:.0f}s")
     print_results(plan.study, uri)
     return 0
 
@@ -146,7 +146,7 @@ def _dispatch_study(
         for phase, specs in (("training", todo_train), ("evaluation", todo_eval)):
             if not specs:
                 continue
-            print(f"{phase}: dispatching {len(specs)} run(s)", flush=True)
+            log.info(f"{phase}: dispatching {len(specs)} run(s)")
             statuses = dispatch(
                 specs,
                 run,
@@ -168,7 +168,7 @@ def _dispatch_study(
                 return 0
             for s in statuses:
                 if s.state != "done":
-                    print(f"FAILED {s.label}: {s.detail} (log: {s.stderr})", flush=True)
+                    log.warning(f"FAILED {s.label}: {s.detail} (log: {s.stderr})")
     return None
 
 
@@ -284,7 +284,7 @@ def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[st
     t0 = time.perf_counter()
     for round_ in range(1, len(schedule.looks()) + 1):
         todo = sorted(m for m, n in seeds.items() if n)
-        print(f"seeds=auto round {round_}: {', '.join(f'{m} → {seeds[m]} seeds' for m in todo)}")
+        log.info(f"seeds=auto round {round_}: {', '.join(f'{m} → {seeds[m]} seeds' for m in todo)}")
         for count in sorted({seeds[m] for m in todo}):
             models = [m for m in todo if seeds[m] == count]
             argv = [f"models=[{','.join(models)}]", f"seeds=[{','.join(map(str, range(count)))}]"]
@@ -457,11 +457,16 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m ablations", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    flags = verbosity_flags()
+    parser = OneLineParser(
+        prog="python -m ablations", description=__doc__.split("\n")[0], parents=[flags]
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(required=True)
-    p = sub.add_parser("run", help="run a study (expand, validate, dispatch, wait, report)")
+    p = sub.add_parser(
+        "run", help="run a study (expand, validate, dispatch, wait, report)", parents=[flags]
+    )
     p.add_argument("name", help="a study of conf/ablation/ (`list` names them), or all")
     p.add_argument("overrides", nargs="*", help="models=[…] seeds=[…] and per-run overrides")
     p.add_argument("--no-wait", action="store_true", help="submit and return (cluster use)")
@@ -472,19 +477,21 @@ def _parser() -> argparse.ArgumentParser:
         help="let overrides that change the study's cells join it (default: a new study id)",
     )
     p.set_defaults(func=_run)
-    p = sub.add_parser("status", help="the jobs of a dispatched study (all if none named)")
+    p = sub.add_parser(
+        "status", help="the jobs of a dispatched study (all if none named)", parents=[flags]
+    )
     p.add_argument("study", nargs="?", help="the study's name, e.g. pyramid-default")
     p.add_argument("--output-dir", default="runs", help="the runs' output_dir (default: runs)")
     p.add_argument(
         "--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI)"
     )
     p.set_defaults(func=_status)
-    p = sub.add_parser("cancel", help="stop a dispatched study's unfinished jobs")
+    p = sub.add_parser("cancel", help="stop a dispatched study's unfinished jobs", parents=[flags])
     p.add_argument("study", help="the study's name, e.g. pyramid-default")
     p.add_argument("--output-dir", default="runs", help="the runs' output_dir (default: runs)")
     p.add_argument("--experiment", default="psalm", help="MLflow experiment (default: psalm)")
     p.set_defaults(func=_cancel)
-    p = sub.add_parser("list", help="the available studies")
+    p = sub.add_parser("list", help="the available studies", parents=[flags])
     p.set_defaults(func=_list)
     return parser
 

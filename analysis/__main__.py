@@ -19,17 +19,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pipeline.cli import DEBUG_HINT, OneLineParser, debug_requested, one_line
+from pipeline.cli import (
+    DEBUG_HINT,
+    OneLineParser,
+    debug_requested,
+    log_level,
+    one_line,
+    setup_logging,
+    verbosity_flags,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from analysis.study import StudyAnalysis
+
+log = logging.getLogger("analysis")
 
 # pandas, MLflow and matplotlib are imported inside the commands that use them, so that `--help`
 # and argument errors answer at once. The defaults below are those of analysis.dashboard,
@@ -38,7 +49,8 @@ if TYPE_CHECKING:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a usage or data error, told on stderr)."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    setup_logging(log_level(args))
     try:
         return args.command(args)
     except (LookupError, FileNotFoundError, ValueError) as err:
@@ -108,7 +120,7 @@ def _compare(args: argparse.Namespace) -> int:
     a, b = _analyze(args, args.study_a), _analyze(args, args.study_b)
     warning = same_study_warning(a, b)
     if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+        log.warning(warning)
     table = compare_studies(a, b, args.alpha)
     if args.format == "json":
         print(json.dumps(to_records(table), indent=2))
@@ -170,10 +182,13 @@ def _warn_excluded(analysis: StudyAnalysis, stream) -> None:
         )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    flags = verbosity_flags()
+    parser = OneLineParser(
+        prog="python -m analysis", description=__doc__.split("\n\n")[0], parents=[flags]
+    )
     commands = parser.add_subparsers(required=True, metavar="command")
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, parents=[flags])
     common.add_argument(
         "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
     )

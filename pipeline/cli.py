@@ -8,11 +8,17 @@
 exception's type where it is not a config error) and an exit status: 2 for a configuration or
 input error, 1 for anything else, 130 for Ctrl-C. The traceback is shown instead with
 ``--debug`` or ``HYDRA_FULL_ERROR=1`` (Hydra's own switch, which its users already know).
+
+Output: what a user asked for (tables, verdicts, paths) is printed on stdout; progress and
+diagnostics are logged (``logging``) to stderr. ``verbosity_flags()`` gives a command and its
+subcommands ``-v`` (debug messages too) and ``-q`` (warnings and errors only, no progress);
+``setup_logging(log_level(args))`` applies them to the project's loggers.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -25,6 +31,8 @@ DEBUG_HINT = "--debug or HYDRA_FULL_ERROR=1 shows the traceback"
 INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 # pipeline.config.ConfigError, psalm.data's DataError, a study or sweep file's YAML error
 _INPUT_ERROR_NAMES = {"ConfigError", "DataError", "YAMLError"}
+# The loggers that -v / -q set; other libraries' stay at WARNING.
+PACKAGES = ("pipeline", "psalm", "ablations", "sweeps", "analysis")
 
 
 def is_input_error(exc: BaseException) -> bool:
@@ -78,3 +86,62 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def verbosity_flags() -> argparse.ArgumentParser:
+    """A parent parser with ``-v/--verbose`` and ``-q/--quiet``, for a command and each of its
+    subcommands (``parents=[verbosity_flags()]``), so either place takes them."""
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_mutually_exclusive_group()
+    # SUPPRESS: a subcommand's unset flag must not reset the one given before it
+    group.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="also debug messages"
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="only warnings and errors (no progress)",
+    )
+    return flags
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """INFO, DEBUG with -v, WARNING with -q (ERROR with -qq)."""
+    level = logging.INFO - 10 * getattr(args, "verbose", 0) + 10 * getattr(args, "quiet", 0)
+    return min(max(level, logging.DEBUG), logging.ERROR)
+
+
+class _Formatter(logging.Formatter):
+    """INFO and DEBUG as the bare message; warnings and errors prefixed with their level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr``, so that redirections (and pytest) see the lines."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log the project's messages at ``level`` and above to stderr (idempotent)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(_Formatter("%(message)s"))
+    root.addHandler(handler)
+    for name in PACKAGES:
+        logging.getLogger(name).setLevel(level)

@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import OneLineParser, guarded
+from pipeline.cli import OneLineParser, guarded, log_level, setup_logging, verbosity_flags
 
 _OVERRIDES_HELP = (
     "Hydra overrides of conf/config.yaml, e.g. model=cheaf seed=1 profile=smoke "
@@ -30,8 +30,9 @@ _OVERRIDES_HELP = (
 
 def train_main(argv: Sequence[str] | None = None, prog: str = "psalm-train") -> int:
     """Train one run (``psalm-train``); the exit status."""
-    parser = _parser(prog, "Train one run and record it in MLflow.")
+    parser = train_parser(prog)
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else list(argv))
+    setup_logging(log_level(args))
 
     def body() -> int:
         from pipeline.config import make_spec
@@ -48,16 +49,9 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "psalm-train") -> 
 def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate") -> int:
     """Evaluate a trained run's checkpoint in a support mode (``psalm-evaluate``); the exit
     status."""
-    parser = _parser(
-        prog,
-        "Evaluate a trained run's checkpoint in a support mode, as its own MLflow run. The "
-        "overrides are those the run was trained with (they identify it); it must be FINISHED.",
-    )
-    parser.epilog = (
-        "mode=normal | none (support_features=None in the fusion module: the report's test 3; "
-        "the default) | shuffled (another class's supports: a control)"
-    )
+    parser = evaluate_parser(prog)
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else list(argv))
+    setup_logging(log_level(args))
     modes = [a.split("=", 1)[1] for a in args.overrides if a.startswith("mode=")]
     rest = tuple(a for a in args.overrides if not a.startswith("mode="))
     mode = modes[-1] if modes else "none"
@@ -75,8 +69,27 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate
     return guarded(body, debug=args.debug)
 
 
+def train_parser(prog: str = "psalm-train") -> argparse.ArgumentParser:
+    """The arguments of ``psalm-train``."""
+    return _parser(prog, "Train one run and record it in MLflow.")
+
+
+def evaluate_parser(prog: str = "psalm-evaluate") -> argparse.ArgumentParser:
+    """The arguments of ``psalm-evaluate``."""
+    parser = _parser(
+        prog,
+        "Evaluate a trained run's checkpoint in a support mode, as its own MLflow run. The "
+        "overrides are those the run was trained with (they identify it); it must be FINISHED.",
+    )
+    parser.epilog = (
+        "mode=normal | none (support_features=None in the fusion module: the report's test 3; "
+        "the default) | shuffled (another class's supports: a control)"
+    )
+    return parser
+
+
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description, parents=[verbosity_flags()])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("overrides", nargs="*", metavar="override", help=_OVERRIDES_HELP)
     return parser

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = "lease.lock"
 HOLDER_FILE = "lease.json"
@@ -132,7 +135,7 @@ def cell_lease(folder: str | Path, label: str = "", *, wait: bool = True) -> Ite
             if not wait:
                 raise
             other = _read_holder(folder) or {}
-            print(f"[{label}] waiting for the lease held by {describe(other)}", flush=True)
+            log.info(f"[{label}] waiting for the lease held by {describe(other)}")
             fcntl.flock(fd, fcntl.LOCK_EX)  # blocks; the kernel wakes us when it is free
         previous = _read_holder(folder)
         me = _me()

@@ -20,6 +20,7 @@ without the server afterwards.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.processes import adopt, release
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 60
 
@@ -186,7 +189,7 @@ def shared_tracking(uri: str, parallel: bool) -> Iterator[str]:
     with tracking_server(backend_store_uri=uri) as server:
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         os.environ["MLFLOW_TRACKING_URI"] = server.uri
-        print(f"tracking through a loopback MLflow server {server.uri} over {uri}", flush=True)
+        log.info(f"tracking through a loopback MLflow server {server.uri} over {uri}")
         try:
             yield server.uri
         finally:

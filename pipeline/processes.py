@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -37,6 +38,8 @@ from typing import Any
 import psutil
 
 from pipeline.lease import pid_alive
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.2
 STOP_GRACE_S = 15.0  # the queue runner gives its jobs 10 s to stop before SIGKILL
@@ -178,11 +181,7 @@ def watch(path: Path) -> None:
             break
         time.sleep(POLL_S)
     for helper in reversed(data["helpers"]):
-        print(
-            f"owner {data['pid']} is gone: stopping {helper['name']} (pid {helper['pid']})",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning(f"owner {data['pid']} is gone: stopping {helper['name']} (pid {helper['pid']})")
         _stop(helper)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -35,6 +36,7 @@ import torch
 
 from pipeline.config import REPO_ROOT, RunSpec
 from pipeline.lease import cell_lease
+from pipeline.progress import Progress
 from pipeline.tracking import Tracker
 from psalm.data import FewShotData, SyntheticGlyphs
 from psalm.detector import FewShotDetector
@@ -53,6 +55,8 @@ from psalm.video_eval import VideoMetrics, evaluate_video, write_per_video_table
 
 # Called with (step, val metrics) after each validation of a training run; True stops the run.
 ValidationHook = Callable[[int, dict[str, float]], bool]
+
+log = logging.getLogger(__name__)
 
 
 class Terminated(KeyboardInterrupt):
@@ -198,26 +202,6 @@ def check_spec(spec: RunSpec) -> None:
         build_data(data_cfg).validate(spec.config["train"]["shots"])
 
 
-class _Progress:
-    """Per-run status lines: a line every 10 % of the steps or every 30 s."""
-
-    def __init__(self, label: str) -> None:
-        self.label, self.t0, self.last = label, time.perf_counter(), 0.0
-
-    def __call__(self, step: int, total: int, loss: float) -> None:
-        now = time.perf_counter()
-        if step != total and step % max(1, total // 10) and now - self.last < 30:
-            return
-        self.last = now
-        rate = step / max(now - self.t0, 1e-9)
-        eta = (total - step) / rate if rate > 0 else float("nan")
-        print(
-            f"[{self.label}] step {step}/{total} loss {loss:.3f} "
-            f"({rate:.2f} steps/s, ETA {eta:.0f}s)",
-            flush=True,
-        )
-
-
 def _set_threads(cfg: dict[str, Any]) -> torch.device:
     # a dispatch slot's size wins over the config's (the local queue sets DISPATCH_THREADS)
     threads = int(os.environ.get("DISPATCH_THREADS", cfg["train"]["threads"]))
@@ -260,7 +244,7 @@ def _run_leased(
         extra["eval_of"] = trained.info.run_id
     handle = tracker.open(spec, extra_tags=extra)
     if handle.finished:
-        print(f"[{spec.label}] already finished (run {handle.run_id}); skipped", flush=True)
+        log.info(f"[{spec.label}] already finished (run {handle.run_id}); skipped")
         run = tracker.client.get_run(handle.run_id)
         return {"run_id": handle.run_id, "skipped": True, "pruned_at": None, **run.data.metrics}
     device = _set_threads(cfg)
@@ -307,10 +291,9 @@ def _train(
         }
     )
     settings = train_settings(cfg)
-    print(
+    log.info(
         f"[{spec.label}] training {settings.steps} steps (lr {settings.lr:.2e}, warm-up "
-        f"{settings.warmup_steps}) on {device}; fusion {n_fusion:,} params; run {handle.run_id}",
-        flush=True,
+        f"{settings.warmup_steps}) on {device}; fusion {n_fusion:,} params; run {handle.run_id}"
     )
     last_val: dict[str, float] = {}
 
@@ -318,6 +301,12 @@ def _train(
         last_val.clear()
         last_val.update(values)
         return bool(on_validation and on_validation(step, values))
+
+    # a line every tenth of the steps or every 30 s in a job's log; a bar on a terminal
+    progress = Progress(spec.label, settings.steps, unit="step", on_change=False, every_s=30.0)
+
+    def show_step(step: int, total: int, loss: float) -> None:
+        progress.update(step, f"step {step}/{total} loss {loss:.3f}")
 
     stop = stop or _StopRequest()
     stop.training = True
@@ -328,22 +317,23 @@ def _train(
             settings,
             folder,
             handle.log_metrics,
-            _Progress(spec.label),
+            show_step,
             validated,
             should_stop=stop.requested,
         )
     except StopRequested as exc:
-        print(f"[{spec.label}] {stop.signal}: {exc}", flush=True)
+        log.warning(f"[{spec.label}] {stop.signal}: {exc}")
         raise Terminated(f"{stop.signal} after step {exc.step}, checkpoint saved") from exc
     finally:
         stop.training = False
+        progress.close()
     if stop.requested():  # the signal came after the last step: stop before the test
         raise Terminated(f"{stop.signal} after training")
     if summary["resumed_from"]:
         handle.set_tags({"resumed_from_step": summary["resumed_from"]})
     handle.log_metrics({"train/seconds": summary["seconds"]}, summary["steps"])
     if summary["stopped_at"]:
-        print(f"[{spec.label}] stopped at step {summary['stopped_at']} (pruned)", flush=True)
+        log.info(f"[{spec.label}] stopped at step {summary['stopped_at']} (pruned)")
         return {**last_val, "pruned_at": summary["stopped_at"]}
     metrics = _test(spec, handle, model, data, folder)
     metrics.update(_diagnose(spec, handle, model, data))
@@ -359,7 +349,7 @@ def _diagnose(spec: RunSpec, handle, model, data) -> dict[str, float]:
     values = {f"diag/{k}": v for k, v in figures.items()}
     values["diag/seconds"] = time.perf_counter() - t0
     handle.log_metrics(values, cfg["train"]["steps"])
-    print(f"[{spec.label}] load-bearing: " + _fmt(values), flush=True)
+    log.info(f"[{spec.label}] load-bearing: " + _fmt(values))
     return values
 
 
@@ -393,7 +383,7 @@ def _test(spec: RunSpec, handle, model, data, folder: Path) -> dict[str, float]:
         if isinstance(result, VideoMetrics):
             videos = write_per_video_table(result, folder / f"per_video_{mode}.csv")
             handle.log_artifact(videos, "per_video")
-        print(f"[{spec.label}] {mode}: " + _fmt(values), flush=True)
+        log.info(f"[{spec.label}] {mode}: " + _fmt(values))
     config_file = folder / "config.json"
     config_file.write_text(json.dumps(cfg, indent=2))
     handle.log_artifact(config_file)

@@ -32,11 +32,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-from psalm.fusion import CHEAFFusionModule, PSALMFusion
+# torch is imported inside the functions that use it, so that `--help` answers at once.
 
 QUERY_CHANNELS = [32, 64, 128, 256]
 OUT_CHANNELS = [128, 256, 512, 512]
@@ -76,6 +78,8 @@ class ModelResult:
 
 def build_models() -> dict[str, nn.Module]:
     """The report's example configuration of both modules, all flags on."""
+    from psalm.fusion import CHEAFFusionModule, PSALMFusion
+
     kwargs = dict(
         query_channels=QUERY_CHANNELS,
         support_channels=QUERY_CHANNELS,
@@ -98,6 +102,8 @@ def make_inputs(
     seed: int = 0,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """P2..P5 query maps for an ``input_size`` image and one support per level."""
+    import torch
+
     if input_size % 32:
         raise ValueError(f"--input-size must be a multiple of 32, got {input_size}")
     g = torch.Generator().manual_seed(seed)
@@ -117,6 +123,8 @@ def make_inputs(
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -125,6 +133,8 @@ def time_models(
     models: dict[str, nn.Module], query, support, device, warmup: int, repeats: int
 ) -> dict[str, list[float]]:
     """Per-model forward times in ms, the models interleaved within each repeat."""
+    import torch
+
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
         for _ in range(warmup):
@@ -143,6 +153,8 @@ def time_models(
 
 def peak_forward_memory_mb(model: nn.Module, query, support, device: torch.device) -> float:
     """Peak memory allocated by one forward, above what was allocated before it (see module doc)."""
+    import torch
+
     with torch.no_grad():
         if device.type == "cuda":
             _sync(device)
@@ -168,6 +180,8 @@ def peak_forward_memory_mb(model: nn.Module, query, support, device: torch.devic
 
 def profile_top_ops(model: nn.Module, query, support, device: torch.device, rows: int) -> str:
     """Where a forward's time goes: the profiler's top ops by self time."""
+    import torch
+
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -190,6 +204,8 @@ def run_benchmark(
     repeats: int = 20,
 ) -> dict:
     """Measure both modules side by side; returns the ``reports/benchmark.json`` document."""
+    import torch
+
     if repeats < 2:
         raise ValueError(
             f"repeats (--repeats) must be at least 2 for a median and IQR, got {repeats}"
@@ -266,6 +282,8 @@ def run_peer_settings(
 
     The thread count is restored afterwards.
     """
+    import torch
+
     if repeats < 1:
         raise ValueError(f"repeats (--peer-repeats) must be at least 1, got {repeats}")
     bad = [f for f in memory_formats if f not in ("contiguous", "channels_last")]
@@ -359,7 +377,9 @@ def format_table(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m psalm.benchmark", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--input-size", type=int, default=640, help="image side, multiple of 32")
     parser.add_argument(
@@ -382,6 +402,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true", help="also print each model's top ops")
     parser.add_argument("--out", default="reports/benchmark.json")
     args = parser.parse_args(argv)
+    import torch  # after the arguments: `--help` and usage errors need no torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     print(

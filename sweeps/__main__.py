@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pipeline.cli import OneLineParser, guarded
+from pipeline.cli import OneLineParser, guarded, log_level, setup_logging, verbosity_flags
 
 if TYPE_CHECKING:
     from sweeps.config import Sweep
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: the exit status; errors are one line on stderr (``--debug``: traceback)."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    setup_logging(log_level(args))
     return guarded(lambda: args.func(args), debug=args.debug)
 
 
@@ -196,11 +197,16 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m sweeps", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    flags = verbosity_flags()
+    parser = OneLineParser(
+        prog="python -m sweeps", description=__doc__.split("\n")[0], parents=[flags]
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(required=True)
-    p = sub.add_parser("run", help="run (or resume) a sweep: validate, dispatch, wait, export")
+    p = sub.add_parser(
+        "run", help="run (or resume) a sweep: validate, dispatch, wait, export", parents=[flags]
+    )
     p.add_argument("name", help="a sweep of conf/sweep/ (`list` names them), or a .yaml path")
     p.add_argument("overrides", nargs="*", help="sweep settings and per-run overrides")
     p.add_argument("--no-wait", action="store_true", help="dispatch the first trials and return")
@@ -210,11 +216,11 @@ def _parser() -> argparse.ArgumentParser:
         ("status", _status, "the trials of a sweep so far"),
         ("export", _export, "write the best trial's model config"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, parents=[flags])
         p.add_argument("name")
         p.add_argument("overrides", nargs="*", help="the same overrides as the run (profile=…)")
         p.set_defaults(func=func)
-    p = sub.add_parser("list", help="the sweep files")
+    p = sub.add_parser("list", help="the sweep files", parents=[flags])
     p.set_defaults(func=_list)
     return parser
 

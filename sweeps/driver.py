@@ -23,11 +23,11 @@ child (tags ``sweep``, ``trial``).
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
@@ -44,6 +44,7 @@ from pipeline.dispatch import (
     new_batch_id,
     status,
 )
+from pipeline.progress import Progress
 from pipeline.run import check_spec
 from pipeline.tracking import RunHandle, Tracker, tracking_uri
 from sweeps.config import Sweep, override
@@ -57,6 +58,8 @@ from sweeps.study import (
     used_budget,
 )
 from sweeps.trial import TrialJob, run_trial
+
+log = logging.getLogger(__name__)
 
 POLL_S = {"debug": 0.0, "local": 1.0, "slurm": 5.0}
 PROGRESS_EVERY_S = 30.0
@@ -89,9 +92,8 @@ def sweep_folder(sweep: Sweep, output_dir: str | Path = "runs") -> Path:
     return (root if root.is_absolute() else REPO_ROOT / root) / "sweeps" / sweep.sweep_id
 
 
-def drive(sweep: Sweep, *, wait: bool = True, stream: TextIO | None = None) -> Summary:
+def drive(sweep: Sweep, *, wait: bool = True) -> Summary:
     """Run the sweep to its trial budget (or, without ``wait``, dispatch one round and return)."""
-    stream = stream or sys.stderr
     t0 = time.time()
     base = make_spec(list(sweep.run_overrides))
     check_spec(base)  # data files and K shots, before anything is dispatched
@@ -114,16 +116,16 @@ def drive(sweep: Sweep, *, wait: bool = True, stream: TextIO | None = None) -> S
         sweep.sweep_id, sweep.settings | {"run_overrides": list(sweep.run_overrides)}
     )
     folder = sweep_folder(sweep, base.config["output_dir"])
-    progress = _Progress(stream, sweep)
-    print(
+    log.info(
         f"sweep {sweep.sweep_id}: {sweep.trials} trials of {sweep.model} ({sweep.steps} steps, "
         f"{sweep.metric} every {sweep.report_every or 'end'}"
         f"{f' ({sweep.report_note})' if sweep.report_note else ''}), "
         f"sampler {sweep.sampler['name']}, "
         f"pruner {sweep.pruner['name']}, {workers} worker(s) on {launcher.kind}; storage "
-        f"{sweep.storage}; MLflow parent run {parent.run_id}",
-        file=stream,
-        flush=True,
+        f"{sweep.storage}; MLflow parent run {parent.run_id}"
+    )
+    progress = Progress(
+        f"sweep {sweep.sweep_id}", sweep.trials, unit="trial", every_s=PROGRESS_EVERY_S
     )
     try:
         while True:
@@ -140,26 +142,26 @@ def drive(sweep: Sweep, *, wait: bool = True, stream: TextIO | None = None) -> S
                     room -= 1
                 trials = study.get_trials(deepcopy=False)
                 waiting = any(t.state == TrialState.WAITING for t in trials)
-            progress.update(trials)
+            progress.update(*_progress_text(sweep, trials))
             in_flight = [t for t in trials if t.state == TrialState.RUNNING]
             if not in_flight and not waiting and used_budget(trials) >= sweep.trials:
                 break
             if not wait:
-                print(
-                    f"submitted; follow with `python -m sweeps status {sweep.name} …`", file=stream
-                )
+                log.info(f"submitted; follow with `python -m sweeps status {sweep.name} …`")
                 break
             time.sleep(POLL_S[launcher.kind])
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (sweeps/__main__.py)
-        _stop_in_flight(study, stream)
+        progress.close()
+        _stop_in_flight(study)
         raise
     summary = summarize(sweep, study.get_trials(deepcopy=False), time.time() - t0)
     _record(parent, summary, finished=wait)
-    progress.finish(study.get_trials(deepcopy=False))
+    progress.update(*_progress_text(sweep, study.get_trials(deepcopy=False)))
+    progress.close()
     return summary
 
 
-def _stop_in_flight(study: optuna.Study, stream: TextIO) -> None:
+def _stop_in_flight(study: optuna.Study) -> None:
     """The driver was interrupted: stop the jobs of the trials in flight. Each ends its MLflow
     run KILLED at a checkpoint, and the next ``sweeps run`` fails and retries the trial from
     there. (A driver killed outright leaves its jobs running: they report to the study
@@ -169,11 +171,9 @@ def _stop_in_flight(study: optuna.Study, stream: TextIO) -> None:
     for batch in batches:
         if Path(batch).exists():
             cancel(batch, wait_s=CANCEL_WAIT_S)
-    print(
-        f"\nstopped {len(batches)} trial job(s) in flight; the next run of the same command "
-        "retries them from their checkpoints",
-        file=stream,
-        flush=True,
+    log.warning(
+        f"stopped {len(batches)} trial job(s) in flight; the next run of the same command "
+        "retries them from their checkpoints"
     )
 
 
@@ -322,33 +322,16 @@ def _record(parent: RunHandle, summary: Summary, finished: bool) -> None:
         parent.flush()
 
 
-class _Progress:
-    """One status line whenever the counts change (or every 30 s): done / pruned / failed /
-    running, the best value so far and the elapsed time."""
-
-    def __init__(self, stream: TextIO, sweep: Sweep) -> None:
-        self.stream, self.sweep, self.t0 = stream, sweep, time.time()
-        self.last_line, self.last_time = "", 0.0
-
-    def line(self, trials: list[FrozenTrial]) -> str:
-        c = counts(trials)
-        top = best(trials, self.sweep.direction)
-        best_text = "-" if top is None else f"{top.value:.4f} (trial {top.number})"
-        done = c["complete"] + c["pruned"] + c["failed"]
-        return (
-            f"[sweep {self.sweep.sweep_id}] {done}/{self.sweep.trials} done: {c['complete']} "
-            f"complete, {c['pruned']} pruned, {c['failed']} failed, {c['running']} running"
-            + (f", {c['retried']} retried" if c["retried"] else "")
-            + f" | best {self.sweep.metric} {best_text}"
-        )
-
-    def update(self, trials: list[FrozenTrial]) -> None:
-        line = self.line(trials)
-        if line != self.last_line or time.time() - self.last_time > PROGRESS_EVERY_S:
-            elapsed = time.time() - self.t0
-            print(f"{line} | {elapsed / 60:.1f} min", file=self.stream, flush=True)
-            self.last_line, self.last_time = line, time.time()
-
-    def finish(self, trials: list[FrozenTrial]) -> None:
-        self.last_line = ""
-        self.update(trials)
+def _progress_text(sweep: Sweep, trials: list[FrozenTrial]) -> tuple[int, str]:
+    """Trials ended so far, and the status text: the counts and the best value so far."""
+    c = counts(trials)
+    top = best(trials, sweep.direction)
+    best_text = "-" if top is None else f"{top.value:.4f} (trial {top.number})"
+    done = c["complete"] + c["pruned"] + c["failed"]
+    text = (
+        f"{done}/{sweep.trials} done: {c['complete']} complete, {c['pruned']} pruned, "
+        f"{c['failed']} failed, {c['running']} running"
+        + (f", {c['retried']} retried" if c["retried"] else "")
+        + f" | best {sweep.metric} {best_text}"
+    )
+    return done, text

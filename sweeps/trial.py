@@ -14,6 +14,7 @@ runs on (the study lives in shared storage, so pruning works across processes).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -28,6 +29,8 @@ from pipeline.config import RunSpec
 from pipeline.run import run
 from sweeps.config import Sweep
 from sweeps.study import make_pruner, open_storage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, job.number)
     state = storage.get_trial(trial_id).state
     if state != TrialState.RUNNING:  # failed by a heartbeat check meanwhile: a retry has it
-        print(f"[{job.label}] is {state.name}; nothing to do", flush=True)
+        log.info(f"[{job.label}] is {state.name}; nothing to do")
         return {"number": job.number, "state": state.name}
     trial = optuna.trial.Trial(study, trial_id)
     attempts = int(storage.get_trial(trial_id).user_attrs.get("attempts", 0)) + 1
@@ -96,7 +99,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
             trial.set_user_attr("failure", f"{type(exc).__name__}: {exc}"[:2000])
             trial.set_user_attr("steps_trained", reported["last"])
             study.tell(job.number, state=TrialState.FAIL)
-            print(f"[{job.label}] failed: {exc}", flush=True)
+            log.warning(f"[{job.label}] failed: {exc}")
             return {"number": job.number, "state": "FAIL", "error": str(exc)}
     seconds = time.perf_counter() - t0
     trial.set_user_attr("run_id", result["run_id"])

@@ -408,9 +408,9 @@ def test_running_a_finished_study_again_starts_nothing(
     before = sorted(p.name for p in batches.iterdir())
     capsys.readouterr()
     assert run_in_process(pyramid_study.argv, store.cwd) == 0
-    out = capsys.readouterr().out
-    assert "2 already finished" in out, out
-    assert "dispatching" not in out
+    err = capsys.readouterr().err  # the plan and progress are logged to stderr
+    assert "2 already finished" in err, err
+    assert "dispatching" not in err
     assert sorted(p.name for p in batches.iterdir()) == before, "a new batch was dispatched"
     now = sorted(r.info.run_id for r in store.runs(pyramid_study.study))
     assert now == sorted(r.info.run_id for r in pyramid_study.runs), "new runs were recorded"

@@ -34,7 +34,10 @@ COMMANDS = [
     ("psalm.train", [], "psalm-train"),
     ("psalm.evaluate", [], "psalm-evaluate"),
 ]
+# Commands with no console script, whose --help must be as quick (make benchmark's)
+MODULE_COMMANDS = [("psalm.benchmark", [], None)]
 IDS = [" ".join([m, *sub]) for m, sub, _ in COMMANDS]
+ALL_IDS = IDS + [" ".join([m, *sub]) for m, sub, _ in MODULE_COMMANDS]
 HEAVY = ("torch", "mlflow", "optuna", "pandas", "hydra", "matplotlib", "submitit", "scipy")
 
 # Runs a module as `python -m` does, then prints which heavy packages it loaded.
@@ -56,7 +59,7 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize(("module", "sub", "script"), COMMANDS, ids=IDS)
+@pytest.mark.parametrize(("module", "sub", "script"), COMMANDS + MODULE_COMMANDS, ids=ALL_IDS)
 def test_python_m_help_prints_usage(module: str, sub: list[str], script: str) -> None:
     proc = _run([sys.executable, "-m", module, *sub, "--help"])
     assert proc.returncode == 0, proc.stderr
@@ -64,7 +67,7 @@ def test_python_m_help_prints_usage(module: str, sub: list[str], script: str) ->
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize(("module", "sub", "script"), COMMANDS, ids=IDS)
+@pytest.mark.parametrize(("module", "sub", "script"), COMMANDS + MODULE_COMMANDS, ids=ALL_IDS)
 def test_help_loads_no_heavy_package(module: str, sub: list[str], script: str) -> None:
     proc = _run([sys.executable, "-c", _PROBE, module, json.dumps(HEAVY), *sub, "--help"])
     result = json.loads(proc.stderr.strip().splitlines()[-1])
@@ -112,3 +115,19 @@ def test_lazily_exported_names_all_resolve(package: str) -> None:
         assert getattr(module, name) is not None, f"{package}.{name}"
     with pytest.raises(AttributeError):
         module.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_script_names_every_command_and_its_subcommands(shell: str) -> None:
+    proc = _run([sys.executable, "-m", "pipeline.completion", shell])
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout
+    for script_name in SCRIPTS:
+        assert script_name in script, f"no completion for {script_name}"
+    if shell == "bash":
+        assert "_shtab_psalm_ablations_subparsers=(run status cancel list)" in script
+        assert "_shtab_psalm_sweeps_subparsers=(run status export list)" in script
+        assert "_shtab_psalm_analysis_subparsers=(verdicts report notebook compare studies)" in (
+            script
+        )
+        assert "complete -o bashdefault -F _shtab_psalm_train psalm-train" in script

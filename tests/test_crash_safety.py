@@ -209,7 +209,11 @@ def test_a_killed_driver_takes_its_queue_jobs_and_server_with_it(tmp_path: Path)
     driver = study.start()
     _wait_for_a_running_job(study, driver)
     names = " ".join(" ".join(p.cmdline()) for p in study_processes(tmp_path))
-    assert "mlflow" in names and "pipeline._local_queue" in names and "pipeline.processes" in names
+    assert (
+        "mlflow" in names
+        and "pipeline.dispatch._local_queue" in names
+        and "pipeline.processes" in names
+    )
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
     # the watchdog gives the queue 15 s to stop its jobs, then stops the server

@@ -7,6 +7,7 @@ without one they skip with the reason.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,21 +19,22 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from pipeline import dispatch as dispatch_module
 from pipeline.dispatch import (
     JobStatus,
     LauncherConfig,
     Slot,
-    _Progress,
+    batch_remaining_s,
     cancel,
     dispatch,
-    estimate_remaining_s,
     format_status,
     local_slots,
     status,
     visible_gpus,
     wait_for,
 )
+from pipeline.dispatch import local as local_backend
+from pipeline.dispatch.status import show_progress, warn_unfinished
+from pipeline.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +114,7 @@ def test_launcher_config_rejects_bad_values_and_unknown_keys() -> None:
 
 
 def test_local_slots_one_gpu_each_or_cpu_cores_per_thread_count(monkeypatch) -> None:
-    monkeypatch.setattr(dispatch_module, "available_cpus", lambda: 8)
+    monkeypatch.setattr(local_backend, "available_cpus", lambda: 8)
     gpu_slots = local_slots(LauncherConfig(gpus=("0", "1")))
     assert [(s.gpu, s.threads) for s in gpu_slots] == [("0", 4), ("1", 4)]
     assert local_slots(LauncherConfig(gpus=(), threads_per_job=2)) == [
@@ -242,7 +244,7 @@ def test_local_cancel_stops_running_and_queued_jobs(tmp_path: Path) -> None:
 # --- progress --------------------------------------------------------------------------------
 
 
-def test_eta_comes_from_finished_job_durations() -> None:
+def test_eta_schedules_the_remaining_jobs_on_the_slots_with_start_up() -> None:
     now = 1000.0
     statuses = [
         JobStatus(0, "a", "done", started=900.0, ended=910.0),
@@ -251,12 +253,17 @@ def test_eta_comes_from_finished_job_durations() -> None:
         JobStatus(3, "d", "queued"),
         JobStatus(4, "e", "queued"),
     ]
-    # (6 + 10 + 10) s of work over 2 lanes
-    assert estimate_remaining_s(statuses, parallelism=2, now=now) == pytest.approx(13.0)
-    assert estimate_remaining_s(statuses[2:], parallelism=2, now=now) is None
+    # two slots: d starts on the free one (ends at 10), e when c's frees at 6 (ends at 16)
+    assert batch_remaining_s(statuses, parallelism=2, now=now) == pytest.approx(16.0)
+    # each job still to start first pays the start-up (the process, its imports): 2 s
+    assert batch_remaining_s(statuses, 2, startup_s=2.0, now=now) == pytest.approx(18.0)
+    assert batch_remaining_s(statuses, parallelism=1, now=now) == pytest.approx(26.0)
+    assert batch_remaining_s(statuses[2:], parallelism=2, now=now) is None
 
 
-def test_progress_lines_and_status_table_show_failures_with_their_log(tmp_path: Path) -> None:
+def test_progress_lines_and_status_table_show_failures_with_their_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import io
 
     stderr_log = tmp_path / "7_0_log.err"
@@ -267,12 +274,16 @@ def test_progress_lines_and_status_table_show_failures_with_their_log(tmp_path: 
         ),
         JobStatus(2, "psalm seed=2", "queued", detail="Priority"),
     ]
-    out = io.StringIO()
-    _Progress(out, "pyramid", parallelism=2).update(statuses)
-    text = out.getvalue()
+    caplog.set_level(logging.INFO, logger="pipeline")
+    # not a terminal: plain lines through logging (a terminal gets a tqdm bar)
+    progress = Progress("pyramid", total=3, unit="job", stream=io.StringIO())
+    show_progress(progress, statuses, set(), eta_s=None)
+    warn_unfinished("pyramid", statuses)
+    text = caplog.text
     assert "psalm seed=0 (1m05s)" in text
     assert f"psalm seed=1: ValueError: nan (stderr: {stderr_log})" in text
-    assert "1/3 done, 1 queued, 1 failed" in text
+    assert "[pyramid] 1/3 done, 1 queued, 1 failed" in text
+    assert "2 job(s) did not finish" in text
     table = format_status(statuses)
     assert "7_1" in table and str(stderr_log) in table and "Priority" in table
 

@@ -1,6 +1,6 @@
-"""``pipeline._local_queue.process_runs``: the liveness check of the local queue's runner and
-controllers (psutil, not hand-parsed /proc): alive with the marker in its command line, and not
-when it has exited, is a zombie, or another program reuses the pid."""
+"""``pipeline.dispatch._local_queue.process_runs``: the liveness check of the local queue's
+runner and controllers (psutil, not hand-parsed /proc): alive with the marker in its command
+line, and not when it has exited, is a zombie, or another program reuses the pid."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from pipeline._local_queue import process_runs
+from pipeline.dispatch._local_queue import process_runs
 
 
 def test_a_live_process_with_the_marker_runs() -> None:

@@ -16,13 +16,12 @@ Files in a batch folder (`pipeline.dispatch` creates the folder and reads the st
     queue.log         the runner's own output
     cancel            created by `cancel_queue`; the runner stops its jobs when it sees it
 
-Run by `submit_queue`; by hand: python -m pipeline._local_queue <batch folder>
+Run by `submit_queue`; by hand: python -m pipeline.dispatch._local_queue <batch folder>
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import signal
@@ -37,6 +36,8 @@ import psutil
 from submitit.core.utils import DelayedSubmission, JobPaths, environment_variables
 from submitit.local.local import start_controller
 
+from pipeline.dispatch.batch import read_json, write_json_atomic
+
 PLAN_FILE = "queue_plan.json"
 STATE_FILE = "queue.json"
 CANCEL_FILE = "cancel"
@@ -44,21 +45,6 @@ POLL_S = 0.2
 # A controller asked to stop (SIGTERM) passes it to its task, which finishes its training step,
 # saves a checkpoint and ends its run KILLED (pipeline.run); then both are SIGKILLed.
 STOP_GRACE_S = 10.0
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that a concurrent reader sees the old or the new file, never a partial one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file written by `write_json_atomic`; None if it does not exist yet."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
 
 
 def process_runs(pid: int, marker: str) -> bool:
@@ -111,7 +97,7 @@ def submit_queue(
     )
     with open(batch_dir / "queue.log", "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline._local_queue", str(batch_dir)],
+            [sys.executable, "-m", "pipeline.dispatch._local_queue", str(batch_dir)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -249,5 +235,5 @@ class _Runner:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m pipeline._local_queue <batch folder>")
+        sys.exit("usage: python -m pipeline.dispatch._local_queue <batch folder>")
     _Runner(Path(sys.argv[1]).resolve()).run()
