@@ -233,7 +233,7 @@ def _read_json(path: Path) -> dict | None:
 def _interrupted(args: argparse.Namespace, plan: Plan, tracker: Tracker, why: str) -> None:
     """After Ctrl-C (the local queue already stopped its jobs): end the study's RUNNING runs as
     KILLED, resumable, and say in one line how to resume."""
-    from pipeline.run import run_dir
+    from pipeline.config import run_dir
 
     tracker.end_unowned([(s.config_hash, run_dir(s)) for s in plan.all])
     print(
@@ -313,7 +313,7 @@ def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[list, list, int
     """The specs still to run, the number FINISHED and the number held by a live process (those
     are dispatched too: their job waits for the cell's lease, then finds the run finished);
     ``force`` retires FINISHED runs (deleted in MLflow, restorable)."""
-    from pipeline.run import run_dir
+    from pipeline.config import run_dir
 
     train, evaluate, finished, live = [], [], 0, 0
     for spec in plan.all:
@@ -338,7 +338,7 @@ def print_results(study: str, uri: str) -> None:
     from analysis import analyze_study, format_verdicts, write_dashboard
 
     result = analyze_study(study, tracking_uri=uri)
-    print(arm_table(result.runs, result.metric))
+    print(arm_table(result.runs, result.metric, left_out=set(result.deltas.excluded.run_id)))
     print()
     print(format_verdicts(result.verdicts))
     path = write_dashboard(result)
@@ -348,12 +348,17 @@ def print_results(study: str, uri: str) -> None:
     print(f"MLflow: {uri} (make mlflow-ui)")
 
 
-def arm_table(runs, metric: str) -> str:
-    """Mean ± sd of ``metric`` per model and arm, with the number of seeds."""
+def arm_table(runs, metric: str, left_out: set[str] = frozenset()) -> str:
+    """Mean ± sd of ``metric`` per model and arm, with the number of seeds, over the FINISHED
+    runs the verdicts use (``left_out``: run ids the analysis left out, e.g. superseded by a
+    newer run of the same cell after a code change)."""
     column = f"metrics.{metric}" if f"metrics.{metric}" in runs.columns else metric
     if runs.empty or column not in runs.columns:
         return f"(no runs with {metric})"
     finished = runs[runs["status"] == "FINISHED"] if "status" in runs.columns else runs
+    finished = (
+        finished[~finished["run_id"].isin(left_out)] if "run_id" in runs.columns else finished
+    )
     grouped = finished.groupby(["model", "arm"])[column].agg(["mean", "std", "count"])
     lines = [f"{metric} per arm (mean ± sd over seeds):"]
     for (model, arm), row in grouped.iterrows():

@@ -33,11 +33,11 @@ from pipeline.config import (
     REPO_ROOT,
     ConfigError,
     RunSpec,
+    check_spec,
     group_options,
     make_spec,
     option_file,
 )
-from pipeline.run import check_spec
 
 STUDY_DIR = CONF_DIR / "ablation"
 ALL = "all"  # the union of every study file, with shared baselines

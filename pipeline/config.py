@@ -207,6 +207,23 @@ def spec_from_config(
     return RunSpec(config=resolved, overrides=overrides, config_hash=digest, **kwargs)
 
 
+def run_dir(spec: RunSpec) -> Path:
+    """Where a run keeps its checkpoint and artifacts."""
+    root = Path(spec.config["output_dir"])
+    return (root if root.is_absolute() else REPO_ROOT / root) / spec.config_hash
+
+
+def check_spec(spec: RunSpec) -> None:
+    """Checks that need more than the config (data files, K shots per class); run before
+    dispatching, so that a bad study fails before any job starts. Synthetic data needs none, so
+    only COCO and video data load torch (``pipeline.run.build_data``)."""
+    data_cfg = spec.config["data"]
+    if data_cfg["name"] in ("coco", "video"):  # video: also decodes each video once (cache)
+        from pipeline.run import build_data
+
+        build_data(data_cfg).validate(spec.config["train"]["shots"])
+
+
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """Hash of the ``psalm`` package's source files: any change to model, data or training code

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import REPO_ROOT, RunSpec
+from pipeline.config import RunSpec, check_spec, run_dir
 from pipeline.lease import cell_lease
 from pipeline.progress import Progress
 from pipeline.tracking import Tracker
@@ -186,20 +186,6 @@ def train_settings(cfg: dict[str, Any]) -> TrainSettings:
         similarity_weight=train["similarity_weight"],
         precision=train["precision"],
     )
-
-
-def run_dir(spec: RunSpec) -> Path:
-    """Where a run keeps its checkpoint and artifacts."""
-    root = Path(spec.config["output_dir"])
-    return (root if root.is_absolute() else REPO_ROOT / root) / spec.config_hash
-
-
-def check_spec(spec: RunSpec) -> None:
-    """Checks that need more than the config (data files, K shots per class); run before
-    dispatching, so that a bad study fails before any job starts."""
-    data_cfg = spec.config["data"]
-    if data_cfg["name"] in ("coco", "video"):  # video: also decodes each video once (cache)
-        build_data(data_cfg).validate(spec.config["train"]["shots"])
 
 
 def _set_threads(cfg: dict[str, Any]) -> torch.device:

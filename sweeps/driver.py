@@ -33,7 +33,7 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.config import REPO_ROOT, ConfigError, make_spec
+from pipeline.config import REPO_ROOT, ConfigError, check_spec, make_spec
 from pipeline.dispatch import (
     CANCEL_WAIT_S,
     FINAL_STATES,
@@ -45,7 +45,6 @@ from pipeline.dispatch import (
     status,
 )
 from pipeline.progress import Progress
-from pipeline.run import check_spec
 from pipeline.tracking import RunHandle, Tracker, tracking_uri
 from sweeps.config import Sweep, override
 from sweeps.study import (

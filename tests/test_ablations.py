@@ -192,6 +192,27 @@ def test_study_settings_are_understood_or_refused_clearly(
     assert got == meaning, f"load_study('pyramid', [{override!r}]) read {key} as {got}"
 
 
+def test_the_arm_table_counts_the_runs_the_verdicts_use() -> None:
+    """Runs the analysis left out (superseded by a newer run of the cell, e.g. after a code
+    change) are not averaged into the arm table either."""
+    import pandas as pd
+
+    from ablations.__main__ import arm_table
+
+    runs = pd.DataFrame(
+        {
+            "run_id": ["old", "new", "other", "failed"],
+            "model": ["psalm"] * 4,
+            "arm": ["baseline", "baseline", "no_pyramid", "no_pyramid"],
+            "status": ["FINISHED", "FINISHED", "FINISHED", "FAILED"],
+            "metrics.test/nAP50": [0.1, 0.5, 0.4, 0.0],
+        }
+    )
+    table = arm_table(runs, "test/nAP50", left_out={"old"})
+    assert "baseline           0.500 ± 0.000  (n=1)" in table
+    assert "no_pyramid         0.400 ± 0.000  (n=1)" in table
+
+
 def test_list_names_every_study(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     names = capsys.readouterr().out.split()

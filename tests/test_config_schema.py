@@ -45,6 +45,22 @@ def test_composing_and_validating_a_config_loads_no_torch() -> None:
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+def test_planning_a_study_loads_no_torch() -> None:
+    """Expanding and checking a study (what a re-run of a finished study does before it reports)
+    needs no torch: it would cost seconds of every re-run (``ablations/study.py``)."""
+    probe = (
+        "import sys\n"
+        "from ablations.study import expand, load_study\n"
+        "expand(load_study('all', ['seeds=[0]']), ['profile=smoke'])\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 OPTIONS = [
     *(
         [f"model={m}", *data, "profile=smoke"]
