@@ -400,7 +400,7 @@ class _TopLevel(Group):
 
 def validate_config(cfg: Mapping[str, Any]) -> RunConfig:
     """``cfg`` (resolved, plain containers) as a ``RunConfig``; ``ConfigError`` naming every bad
-    key otherwise. Cheap checks only: ``pipeline.run.check_spec`` adds the data files'."""
+    key otherwise. Cheap checks only: ``pipeline.config.check_spec`` adds the data files'."""
     name = cfg.get("model", {}).get("name")
     if name not in MODELS:
         raise ConfigError(f"model.name={name!r} is not one of {sorted(MODELS)}")
