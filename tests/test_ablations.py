@@ -192,6 +192,19 @@ def test_study_settings_are_understood_or_refused_clearly(
     assert got == meaning, f"load_study('pyramid', [{override!r}]) read {key} as {got}"
 
 
+def test_a_study_composes_once_per_cell_and_gets_each_seeds_own_spec() -> None:
+    """Seeds share a Hydra composition (``SeedComposer``); every spec must still be the one
+    ``make_spec`` gives for its overrides: the same resolved config and the same hash."""
+    from pipeline.config import make_spec
+
+    plan = expand(load_study(ALL, ["seeds=[0,1,2]"]), ["profile=smoke"])
+    assert len({spec.config["seed"] for spec in plan.all}) == 3
+    for spec in plan.all:
+        kwargs = {"kind": spec.kind, "eval_mode": spec.eval_mode, "eval_of": spec.eval_of}
+        direct = make_spec(list(spec.overrides), **kwargs)
+        assert (direct.config, direct.config_hash) == (spec.config, spec.config_hash), spec.label
+
+
 def test_the_arm_table_counts_the_runs_the_verdicts_use() -> None:
     """Runs the analysis left out (superseded by a newer run of the cell, e.g. after a code
     change) are not averaged into the arm table either."""
