@@ -5,6 +5,7 @@ The CLI, the dashboard and the notebook all start from ``analyze_study``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ class StudyAnalysis:
         """The metric the deltas and verdicts are about, e.g. ``test/nAP50``."""
         return self.deltas.metric
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """A hash of what a report of the study shows: its runs (ids, states, metrics, tags),
         verdicts and the metric; equal digests mean a report written before is still current."""
