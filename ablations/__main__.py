@@ -246,7 +246,10 @@ def _interrupted(args: argparse.Namespace, plan: Plan, tracker: Tracker, why: st
 
 
 def _command(args: argparse.Namespace) -> str:
-    return shlex.join(["python", "-m", "ablations", "run", args.name, *args.overrides])
+    """The command that resumes this study: the user's own (a ``seeds=auto`` round carries it in
+    ``args.resume``, since its overrides name that round's explicit seeds)."""
+    resume = getattr(args, "resume", None)
+    return resume or shlex.join(["python", "-m", "ablations", "run", args.name, *args.overrides])
 
 
 def _cell(spec: RunSpec) -> str:
@@ -281,6 +284,7 @@ def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[st
     open_study_run(plan.study, uri, {**design_params(schedule), **metric})
     others = [o for o in study_overrides if o.split("=", 1)[0] not in STUDY_KEYS]
     seeds = {model: schedule.seeds_start for model in study.models}
+    resume = _command(args)  # an interrupted round resumes the whole adaptive study
     t0 = time.perf_counter()
     for round_ in range(1, len(schedule.looks()) + 1):
         todo = sorted(m for m, n in seeds.items() if n)
@@ -288,9 +292,8 @@ def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[st
         for count in sorted({seeds[m] for m in todo}):
             models = [m for m in todo if seeds[m] == count]
             argv = [f"models=[{','.join(models)}]", f"seeds=[{','.join(map(str, range(count)))}]"]
-            rc = _run(
-                argparse.Namespace(**{**vars(args), "overrides": [*argv, *others, *run_overrides]})
-            )
+            round_args = {"overrides": [*argv, *others, *run_overrides], "resume": resume}
+            rc = _run(argparse.Namespace(**{**vars(args), **round_args}))
             if rc:
                 return rc
         verdicts = analyze_study(plan.study, tracking_uri=uri).verdicts

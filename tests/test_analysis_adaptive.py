@@ -23,15 +23,17 @@ PSALM = [-5.0, -4.0, -6.0, -5.5, -4.5, -5.0, -5.2]
 CHEAF = [-10.0, -4.0, -16.0, -7.0, -13.0, -10.0, -9.0]
 
 
-def _fake_run(uri: str, calls: list):
+def _fake_run(uri: str, calls: list, resumes: list | None = None):
     """Stands in for ``ablations.__main__._run``: logs the requested models x seeds (once)."""
     done: set[tuple[str, int]] = set()
+    resumes = [] if resumes is None else resumes
 
     def run(args: argparse.Namespace) -> int:
         settings = dict(o.split("=", 1) for o in args.overrides if "=" in o)
         models = settings["models"].strip("[]").split(",")
         seeds = [int(s) for s in settings["seeds"].strip("[]").split(",")]
         calls.append((tuple(models), len(seeds)))
+        resumes.append(driver._command(args))  # what an interrupted round tells the user
         runs = []
         for model in models:
             for seed in seeds:
@@ -61,15 +63,21 @@ def _fake_run(uri: str, calls: list):
 def test_seeds_auto_adds_seeds_until_settled_or_seeds_max(tmp_path, monkeypatch, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     calls: list = []
-    monkeypatch.setattr(driver, "_run", _fake_run(uri, calls))
-    study = load_study("pyramid", ["seeds=auto", "seeds_max=7", "seeds_batch=2"])
+    resumes: list = []
+    monkeypatch.setattr(driver, "_run", _fake_run(uri, calls, resumes))
+    typed = ["seeds=auto", "seeds_max=7", "seeds_batch=2"]
+    study = load_study("pyramid", typed)
     assert study.schedule is not None and study.seeds == (0, 1, 2)
     run_overrides = ["label.study=adaptive", f"tracking.uri={uri}"]
-    args = argparse.Namespace(name="pyramid", overrides=[], no_wait=False, force=False)
-    assert driver.run_adaptive(args, study, [], run_overrides) == 0
+    args = argparse.Namespace(name="pyramid", overrides=typed, no_wait=False, force=False)
+    assert driver.run_adaptive(args, study, typed, run_overrides) == 0
 
     # round 1: both models, 3 seeds; round 2: both at 5; psalm settled, cheaf goes on to 7
     assert calls == [(("cheaf", "psalm"), 3), (("cheaf", "psalm"), 5), (("cheaf",), 7)]
+    # a round interrupted says to resume the adaptive study, not that round's fixed seeds
+    assert set(resumes) == {
+        "python -m ablations run pyramid seeds=auto seeds_max=7 seeds_batch=2"
+    }, resumes
     result = analyze_study("adaptive", uri)
     rows = result.verdicts.set_index("model")
     assert (rows.loc["psalm", "n"], rows.loc["psalm", "stop"]) == (5, "settled")
