@@ -34,6 +34,7 @@ from pipeline.config import (
     REPO_ROOT,
     ConfigError,
     RunSpec,
+    check_init_from,
     check_spec,
     compose_config,
     group_options,
@@ -242,6 +243,7 @@ def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
                     spec = spec_for(
                         [*common, *ovr, f"label.ablation={ablation}", f"label.arm={arm}"]
                     )
+                    check_init_from(spec)  # an arm's model must fit the weights too
                 except (ConfigError, ValueError) as exc:
                     errors.append(f"{model}/{arm}/seed{seed}: {exc}")
                     continue

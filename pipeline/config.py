@@ -40,6 +40,9 @@ CONF_DIR = REPO_ROOT / "conf"
 USER_CONF_ENV = "PSALM_USER_CONF"
 # Keys that say where/how a run executes or how it is labelled, not what it computes.
 NON_IDENTITY_KEYS = ("launcher", "tracking", "output_dir", "label", "hydra")
+# Keys that join a run's identity only when set, so that runs from before they existed (and runs
+# that leave them unset) keep theirs.
+UNSET_LEAVES_IDENTITY = ("init_from",)
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,7 @@ def spec_from_config(
     # A run's identity is what it computes: not the study it was first trained for, so a
     # baseline shared by several studies is trained once (and tagged with each of them).
     identity = {
-        "config": {k: v for k, v in resolved.items() if k not in NON_IDENTITY_KEYS},
+        "config": identity_config(resolved),
         "code": code_version(),
         "data": data_version(resolved["data"]),
         "kind": kind,
@@ -207,6 +210,16 @@ def spec_from_config(
     return RunSpec(config=resolved, overrides=overrides, config_hash=digest, **kwargs)
 
 
+def identity_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that makes a run's identity (with the code and data
+    versions): all but ``NON_IDENTITY_KEYS``, and ``UNSET_LEAVES_IDENTITY`` keys only when set."""
+    return {
+        k: v
+        for k, v in resolved.items()
+        if k not in NON_IDENTITY_KEYS and not (k in UNSET_LEAVES_IDENTITY and v is None)
+    }
+
+
 def run_dir(spec: RunSpec) -> Path:
     """Where a run keeps its checkpoint and artifacts."""
     root = Path(spec.config["output_dir"])
@@ -214,14 +227,24 @@ def run_dir(spec: RunSpec) -> Path:
 
 
 def check_spec(spec: RunSpec) -> None:
-    """Checks that need more than the config (data files, K shots per class); run before
-    dispatching, so that a bad study fails before any job starts. Synthetic data needs none, so
-    only COCO and video data load torch (``pipeline.run.build_data``)."""
+    """Checks that need more than the config (data files, K shots per class, the ``init_from``
+    weights); run before dispatching, so that a bad study fails before any job starts. Synthetic
+    data needs none, so only COCO and video data load torch (``pipeline.run.build_data``)."""
     data_cfg = spec.config["data"]
     if data_cfg["name"] in ("coco", "video"):  # video: also decodes each video once (cache)
         from pipeline.run import build_data
 
         build_data(data_cfg).validate(spec.config["train"]["shots"])
+    check_init_from(spec)
+
+
+def check_init_from(spec: RunSpec) -> None:
+    """A training run with ``init_from``: its weights exist and fit the run's model."""
+    if spec.kind == "train" and spec.config.get("init_from"):
+        from pipeline import init_from
+        from pipeline.tracking import tracking_uri
+
+        init_from.check(spec.config, tracking_uri(spec.config["tracking"]["uri"]))
 
 
 @lru_cache(maxsize=1)

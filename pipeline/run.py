@@ -276,6 +276,12 @@ def _train(
             "fusion_modules": _module_signature(model.fusion),
         }
     )
+    if cfg.get("init_from"):  # a resumed run then continues from its own checkpoint (fit)
+        from pipeline.init_from import load_into
+        from pipeline.tracking import tracking_uri
+
+        handle.set_tags(load_into(model, cfg, tracking_uri(cfg["tracking"]["uri"])))
+        log.info(f"[{spec.label}] starting from the weights of init_from={cfg['init_from']}")
     settings = train_settings(cfg)
     log.info(
         f"[{spec.label}] training {settings.steps} steps (lr {settings.lr:.2e}, warm-up "

@@ -382,6 +382,7 @@ class RunConfig:
     seed: int  # model init, training episodes and the K-shot support sample
     profile: str | None  # the profile=… that scaled the schedule
     output_dir: str  # checkpoints and artifacts: <output_dir>/<config_hash>/
+    init_from: str | None = None  # start from these weights (pipeline/init_from.py)
 
 
 # --- checking a config against the schema ---------------------------------------------------
@@ -396,6 +397,12 @@ class _TopLevel(Group):
     seed: int = key()
     profile: str | None = key()
     output_dir: str = key(must("must name a folder", bool))
+    init_from: str | None = optional_key(
+        must(
+            "must name a checkpoint.pt, a run folder or an MLflow run id",
+            lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
+        )
+    )
 
 
 def validate_config(cfg: Mapping[str, Any]) -> RunConfig:

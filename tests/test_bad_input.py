@@ -152,6 +152,13 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {},
         "trials",
     ),
+    (
+        "init_from with no checkpoint",
+        train_cli,
+        lambda t: [*SMOKE, f"init_from={t / 'nope'}"],
+        {},
+        "no checkpoint there",
+    ),
     ("unknown evaluation mode", evaluate_cli, lambda t: ["mode=bogus", *SMOKE], {}, "bogus"),
     (
         "evaluating a run never trained",

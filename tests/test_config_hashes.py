@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from pipeline.config import NON_IDENTITY_KEYS, RunSpec, code_version, data_version, make_spec
+from pipeline.config import RunSpec, code_version, data_version, identity_config, make_spec
 
 TRAINED = "0123456789abcdef"  # eval specs: a fixed ``eval_of`` (a real one holds the code version)
 COCO = [
@@ -103,7 +103,7 @@ STORED = {
 def _identity(spec: RunSpec) -> dict:
     """What ``spec_from_config`` hashes, less the code version."""
     return {
-        "config": {k: v for k, v in spec.config.items() if k not in NON_IDENTITY_KEYS},
+        "config": identity_config(spec.config),
         "data": data_version(spec.config["data"]),
         "kind": spec.kind,
         "eval_mode": spec.eval_mode,

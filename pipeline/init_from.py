@@ -1,0 +1,135 @@
+"""``init_from=…``: start a training run from another run's trained weights.
+
+The report's source project trains in stages: first on one dataset, then fine-tuned on the drone
+videos. Here that is, for example, a run on the glyph benchmark and then
+``python -m psalm.train data=video init_from=<that run>``. ``init_from`` names the weights as
+
+- an MLflow run id (32 hex digits) of a FINISHED training run in the tracking store: its
+  ``checkpoint/checkpoint.pt`` artifact, downloaded once into ``<output_dir>/init-from/<run id>/``
+  (so it works against a remote MLflow server too);
+- a checkpoint file this project wrote (``runs/<config hash>/checkpoint.pt``), or the run folder
+  that holds one.
+
+Only the model's weights are taken; the optimiser, the learning-rate schedule and the step count
+start afresh, as in a fine-tuning stage. A run that is resumed after an interruption continues
+from its own checkpoint, not from ``init_from``. The run is tagged ``init_from`` (the value given)
+and ``init_from_sha256`` (the checkpoint file's hash), so MLflow says what it started from.
+
+``check`` runs before any job is dispatched: the source must exist, load, and fit the run's model
+key by key and shape by shape, or the study stops with one line naming the source and the
+mismatch. The value is part of the run's identity (``pipeline.config``): the same overrides with
+another ``init_from`` are another run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.schema import ConfigError
+
+CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"  # where pipeline.run logs a run's final weights
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def checkpoint_path(value: str, tracking_uri: str, output_dir: str) -> Path:
+    """The local checkpoint file ``value`` names (downloading an MLflow run's artifact once);
+    ``ConfigError`` saying what is wrong otherwise."""
+    if _RUN_ID.fullmatch(value) and not Path(value).exists():
+        return _from_mlflow(value, tracking_uri, Path(output_dir) / "init-from" / value)
+    path = Path(value).expanduser()
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise ConfigError(
+            f"init_from={value}: no checkpoint there (give a checkpoint.pt, the run folder that "
+            "holds one, or an MLflow run id)"
+        )
+    return path.resolve()
+
+
+def _from_mlflow(run_id: str, tracking_uri: str, folder: Path) -> Path:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    target = folder / Path(CHECKPOINT_ARTIFACT).name
+    if target.is_file():
+        return target.resolve()
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"init_from={run_id}: no such run in {tracking_uri}") from None
+    if run.info.status != "FINISHED":
+        raise ConfigError(
+            f"init_from={run_id}: the run is {run.info.status}, not FINISHED; its weights are "
+            "not final"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, str(folder))
+    except (MlflowException, OSError):
+        raise ConfigError(
+            f"init_from={run_id}: the run has no {CHECKPOINT_ARTIFACT} artifact (is it an "
+            "evaluation run or a sweep's parent?)"
+        ) from None
+    return Path(local).resolve()
+
+
+def model_weights(path: Path, value: str) -> dict[str, Any]:
+    """The ``model`` state dict of a checkpoint this project wrote."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torn, not a torch file, or not weights-only
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        problem = f"{path} is not a readable checkpoint ({first})"
+        raise ConfigError(f"init_from={value}: {problem}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ConfigError(f"init_from={value}: {path} holds no model weights (no 'model' entry)")
+    return state["model"]
+
+
+def mismatch(model, weights: dict[str, Any]) -> str | None:
+    """What keeps ``weights`` from loading into ``model`` strictly (one line); None if they fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if keys:
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
+    return "; ".join(parts) or None
+
+
+def check(config: dict[str, Any], tracking_uri: str) -> Path:
+    """Before dispatch: ``config['init_from']`` names weights that fit this run's model."""
+    from pipeline.run import build_detector
+
+    value = config["init_from"]
+    path = checkpoint_path(value, tracking_uri, config["output_dir"])
+    problem = mismatch(build_detector(config["model"], config["seed"]), model_weights(path, value))
+    if problem:
+        raise ConfigError(
+            f"init_from={value}: its weights do not fit model={config['model']['name']} as "
+            f"configured ({problem}); fine-tune with the model config the source was trained with"
+        )
+    return path
+
+
+def load_into(model, config: dict[str, Any], tracking_uri: str) -> dict[str, str]:
+    """Load the ``init_from`` weights into ``model``; the MLflow tags that record them."""
+    value = config["init_from"]
+    path = checkpoint_path(value, tracking_uri, config["output_dir"])
+    model.load_state_dict(model_weights(path, value))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"init_from": value, "init_from_sha256": digest}
