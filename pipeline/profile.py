@@ -230,6 +230,8 @@ def profile_model(overrides: list[str], steps: int, bf16: bool) -> dict[str, Any
         "parts_ms": {k: v / steps * 1000 for k, v in sections.seconds.items()},
     }
     result["top_ops"] = top_ops(model, data, settings)
+    if cfg["data"]["name"] == "video":
+        result["decode"] = decode_rate(data, settings.batch_size / step_s)
     if bf16:
         bf16_s = profile_training(model, data, settings, max(2, steps // 4), Sections(sync), True)
         result["bf16"] = {"step_ms": bf16_s * 1000, "speedup_vs_fp32": step_s / bf16_s}
@@ -251,6 +253,30 @@ def profile_model(overrides: list[str], steps: int, bf16: bool) -> dict[str, Any
         "parts_s": dict(sections.seconds),
     }
     return result
+
+
+def decode_rate(data, consumed_per_s: float) -> dict[str, float]:
+    """Whether decoding keeps up with training (data=video): every training video decoded cold
+    (no frame cache) into the model frame on this process's threads, against the frames a
+    training step consumes per second (``consumed_per_s``: batch size / step time, measured)."""
+    from psalm.data._video_decode import decode
+
+    decoded = kept = 0
+    start = time.perf_counter()
+    for video in data.train_videos:
+        frames = decode(video.path, data.frame_stride, data.image_size)
+        decoded += frames.total_frames
+        kept += len(frames.frames)
+    seconds = time.perf_counter() - start
+    return {
+        "videos": len(data.train_videos),
+        "frames_decoded": decoded,
+        "frames_kept": kept,
+        "seconds": seconds,
+        "kept_per_s": kept / seconds,
+        "consumed_per_s": consumed_per_s,
+        "headroom": kept / seconds / consumed_per_s,
+    }
 
 
 def _table(rows: dict[str, float], total: float, unit: str) -> list[str]:
@@ -282,6 +308,16 @@ def to_markdown(report: dict[str, Any]) -> str:
             "",
             *_table(t["parts_ms"], t["step_ms"], "ms / step"),
         ]
+        if "decode" in r:
+            d = r["decode"]
+            lines += [
+                "",
+                f"Decoding (PyAV, cold, no frame cache): {d['frames_decoded']} frames of "
+                f"{d['videos']} training videos in {d['seconds']:.1f} s, "
+                f"{d['kept_per_s']:.0f} usable frames/s; a training step consumes "
+                f"{d['consumed_per_s']:.1f} frames/s, so decoding runs at "
+                f"**{d['headroom']:.0f}×** the rate training needs.",
+            ]
         if "bf16" in r:
             b = r["bf16"]
             lines += [

@@ -48,3 +48,20 @@ def test_profile_writes_parts_that_add_up_to_the_step_and_the_evaluation(tmp_pat
     assert evaluation["parts_s"]["COCO scoring"] > 0
     assert model["top_ops"] and model["top_ops"][0]["ms"] > 0
     assert "| backward |" in out.with_suffix(".md").read_text()
+
+
+def test_video_profile_measures_cold_decoding_against_what_training_consumes() -> None:
+    """data=video: every training video decoded without the frame cache, each frame once, and
+    the usable frames per second set against the frames a training step consumes per second."""
+    from pipeline.config import make_spec
+    from pipeline.profile import decode_rate
+    from pipeline.run import build_data
+
+    data = build_data(make_spec(["data=video", "profile=smoke"]).config["data"])
+    rate = decode_rate(data, consumed_per_s=8.0)
+    cached = [data._decode(v, data.frame_stride) for v in data.train_videos]  # the cache's copy
+    assert rate["videos"] == len(data.train_videos) > 0
+    assert rate["frames_decoded"] == sum(v.total_frames for v in cached)
+    assert rate["frames_kept"] == sum(len(v.frames) for v in cached)
+    assert rate["kept_per_s"] == pytest.approx(rate["frames_kept"] / rate["seconds"])
+    assert rate["headroom"] == pytest.approx(rate["kept_per_s"] / 8.0)
