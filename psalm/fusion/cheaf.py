@@ -160,8 +160,59 @@ class BranchFusion(nn.Module):
         return self.norm(a + self.pointwise_conv(self.depthwise_conv(conv)))
 
 
+def squeeze_excite(channels: int, reduction: int) -> nn.Sequential:
+    """Channel attention (squeeze-excite): average pool, 1×1 to ``channels // reduction``, ReLU,
+    1×1 back, sigmoid; a (B, C, 1, 1) weight a channel."""
+    hidden = channels // reduction
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1),
+        nn.Conv2d(channels, hidden, 1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, channels, 1),
+        nn.Sigmoid(),
+    )
+
+
+class ChannelSpatialGate(nn.Module):
+    """The channel then spatial attention CHEAF's pyramid refinement applies to each level.
+
+    x is scaled by its channel attention (``squeeze_excite``), then by a spatial attention: a
+    7×7 conv over the per-position channel mean and max, and a sigmoid. Returns x's shape. Named
+    and called as the report's authors' class (``ChannelSpatialGate(channels)``); theirs reduces
+    by 16 and makes its spatial weight with 1×1 convs and BatchNorm, ours keeps the layers CHEAF
+    has here (reduction 2, the 7×7 conv). ``channel_attention``: a squeeze-excite already built,
+    used instead of drawing a new one (``PyramidRefinement`` draws them all first).
+    """
+
+    def __init__(
+        self, channels: int, reduction: int = 2, channel_attention: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        if channel_attention is None:
+            channel_attention = squeeze_excite(channels, reduction)
+        self.channel_attention = channel_attention
+        self.spatial_attention = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x * self.channel_attention(x)
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial_attention(pooled))
+
+
+def _accept_ungated_keys(state_dict, prefix, *_args) -> None:
+    """Load ``PyramidRefinement`` state dicts saved before ``ChannelSpatialGate``: their
+    ``channel_attention.{i}.…`` and ``spatial_attention.{i}.…`` become ``gates.{i}.…``."""
+    for key in list(state_dict):
+        for part in ("channel_attention", "spatial_attention"):
+            head = f"{prefix}{part}."
+            if key.startswith(head):
+                index, _, rest = key[len(head) :].partition(".")
+                state_dict[f"{prefix}gates.{index}.{part}.{rest}"] = state_dict.pop(key)
+
+
 class PyramidRefinement(nn.Module):
-    """CHEAF's stage 2: gated top-down and bottom-up paths, channel/spatial attention, smoothing."""
+    """CHEAF's stage 2: gated top-down and bottom-up paths, then per level a channel/spatial
+    gate (``ChannelSpatialGate``) and smoothing."""
 
     def __init__(self, channels: Sequence[int]) -> None:
         super().__init__()
@@ -184,18 +235,15 @@ class PyramidRefinement(nn.Module):
         self.bu_gate = nn.ModuleList(
             SplitPointwise([channels[i], channels[i]], channels[i]) for i in range(1, n)
         )
-        self.channel_attention = nn.ModuleList(
-            nn.Sequential(
-                nn.AdaptiveAvgPool2d(1),
-                nn.Conv2d(c, c // 2, 1),
-                nn.ReLU(),
-                nn.Conv2d(c // 2, c, 1),
-                nn.Sigmoid(),
-            )
-            for c in channels
+        # every level's channel attention is drawn before any level's spatial conv, the order of
+        # the weights before the gates existed, so that a seed gives the same initial weights
+        squeeze = [squeeze_excite(c, 2) for c in channels]
+        self.gates = nn.ModuleList(
+            ChannelSpatialGate(c, channel_attention=se)
+            for c, se in zip(channels, squeeze, strict=True)
         )
-        self.spatial_attention = nn.ModuleList(nn.Conv2d(2, 1, 7, padding=3) for _ in channels)
         self.smooth = nn.ModuleList(DepthwiseSeparable(c, c) for c in channels)
+        self._register_load_state_dict_pre_hook(_accept_ungated_keys)
 
     def forward(self, feats: list[Tensor], wanted: Sequence[bool] | None = None) -> list[Tensor]:
         """Refined maps per level; with ``wanted``, levels marked False are ``None`` (their
@@ -217,10 +265,7 @@ class PyramidRefinement(nn.Module):
             if wanted is not None and not wanted[i]:
                 out.append(None)
                 continue
-            x = x * self.channel_attention[i](x)
-            pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-            x = x * torch.sigmoid(self.spatial_attention[i](pooled))
-            out.append(self.smooth[i](x))
+            out.append(self.smooth[i](self.gates[i](x)))
         return out
 
 
