@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from psalm import CHEAFFusionModule, PSALMFusion
+from psalm.fusion.cheaf import ChannelSpatialGate, EfficientLinearAttention
 
 CHANNELS = [32, 64, 128, 256]
 OUT_CHANNELS = [128, 256, 512, 512]
@@ -893,3 +894,106 @@ def test_output_levels_refuses_a_level_the_module_lacks(models, name):
         models[name](make_query(), None, output_levels=["p6"])
     with pytest.raises(ValueError, match="output_levels entry 4"):
         models[name](make_query(), None, output_levels=[4])
+
+
+# ----------------------------------------------------------------------------- authors' components
+# The report's authors' CHEAF tests also build two of its parts on their own, by their class
+# names and keywords: the attention branch and the per-level gate of the pyramid refinement. Each
+# takes a map and gives back a map of the same shape.
+
+
+def gate_input(channels: int = 64, side: int = 12, seed: int = 0) -> Tensor:
+    return torch.randn(2, channels, side, side, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(("key", "value"), [(None, None), (32, 32), (16, 48)])
+def test_efficient_linear_attention_takes_the_authors_keywords(key, value):
+    torch.manual_seed(0)
+    attention = EfficientLinearAttention(
+        in_channels=64, key_channels=key, value_channels=value, head_count=4
+    ).eval()
+    x, g = gate_input(), torch.Generator().manual_seed(1)
+    support, other = torch.randn(2, 64, generator=g), torch.randn(2, 64, generator=g)
+    with torch.no_grad():
+        out, moved, absent = (attention(x, s) for s in (support, other, None))
+    assert out.shape == x.shape
+    assert rel_diff(moved, out) > 1e-4, "another support must move the output"
+    assert rel_diff(absent, out) > 1e-4, "removing the support must move the output"
+
+
+def test_efficient_linear_attention_refuses_widths_the_heads_do_not_divide():
+    with pytest.raises(ValueError, match="value_channels .* head_count=4"):
+        EfficientLinearAttention(64, key_channels=32, value_channels=30, head_count=4)
+
+
+def test_cheaf_builds_its_attention_with_key_and_value_as_wide_as_the_level():
+    model = build("cheaf")
+    for level, c in zip(LEVELS, CHANNELS, strict=True):
+        attention = model.efficient_attentions[level]
+        assert isinstance(attention, EfficientLinearAttention)
+        assert (attention.key_channels, attention.value_channels, attention.num_heads) == (c, c, 4)
+
+
+def test_channel_spatial_gate_keeps_the_shape():
+    gate = ChannelSpatialGate(channels=64).eval()
+    x = gate_input()
+    with torch.no_grad():
+        assert gate(x).shape == x.shape
+
+
+def test_channel_spatial_gate_is_what_the_pyramid_refinement_applies():
+    """The gate is the channel then spatial attention the refinement applied inline before it
+    existed (written out here), and the refinement smooths exactly the gate's output."""
+    pyramid = build("cheaf").pyramid_refinement
+    for i, c in enumerate(CHANNELS):
+        gate = pyramid.gates[i]
+        x = gate_input(c, side=16 // 2**i, seed=i)
+        squeeze = gate.channel_attention
+        hidden = torch.relu(squeeze[1](x.mean(dim=(2, 3), keepdim=True)))
+        scaled = x * torch.sigmoid(squeeze[3](hidden))
+        pooled = torch.cat([scaled.mean(1, keepdim=True), scaled.amax(1, keepdim=True)], dim=1)
+        expected = scaled * torch.sigmoid(gate.spatial_attention(pooled))
+        assert squeeze[1].out_channels == c // 2
+        with torch.no_grad():
+            torch.testing.assert_close(gate(x), expected, rtol=0, atol=1e-6)
+
+    seen = {}
+    hooks = [
+        module.register_forward_hook(lambda _m, args, out, key=key: seen.update({key: (args, out)}))
+        for i in range(len(CHANNELS))
+        for key, module in ((("gate", i), pyramid.gates[i]), (("smooth", i), pyramid.smooth[i]))
+    ]
+    with torch.no_grad():
+        pyramid(make_query())
+    for hook in hooks:
+        hook.remove()
+    for i in range(len(CHANNELS)):
+        assert seen[("smooth", i)][0][0] is seen[("gate", i)][1]
+
+
+def as_ungated_layout(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict in the layout before ChannelSpatialGate: ``…channel_attention.{i}.{j}.…``
+    and ``…spatial_attention.{i}.…`` instead of ``…gates.{i}.channel_attention.{j}.…``."""
+    renamed = {}
+    for key, value in state_dict.items():
+        head, sep, tail = key.partition("gates.")
+        if sep:
+            index, part, rest = tail.split(".", 2)
+            key = f"{head}{part}.{index}.{rest}"
+        renamed[key] = value
+    return renamed
+
+
+@pytest.mark.parametrize("config", [{}, THREE_LEVELS], ids=["p2-p5", "p3-p5"])
+def test_state_dicts_from_before_the_gates_load_and_give_the_same_output(config):
+    model = build("cheaf", **config)
+    old = as_ungated_layout(model.state_dict())
+    assert any(".channel_attention.0." in key for key in old)
+    assert not any(".gates." in key for key in old)
+    fresh = build("cheaf", seed=1, **config)
+    fresh.load_state_dict(old, strict=True)
+    channels = config.get("channels", CHANNELS)
+    query = make_query(channels=channels)
+    support = [torch.randn(2, c) for c in channels]
+    for got, want in zip(run(fresh, query, support), run(model, query, support), strict=True):
+        assert torch.equal(got, want)

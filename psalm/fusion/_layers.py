@@ -36,30 +36,32 @@ def efficient_attention(
 ) -> Tensor:
     """Efficient attention (Shen et al., 2021): context = softmax_N(K)ᵀ V, linear in positions.
 
-    q, k, v: (B, N, C) tokens. Queries are normalised over channels within a head, keys over
-    positions. value_weights: optional (B, C) scaling of the context's value columns (PSALM's
-    support modulation). extra_kv: optional (keys, values), each (B, T, C): tokens appended to
-    the key/value sequence only (CHEAF's support tokens); they take part in the key softmax.
-    Returns (B, N, C).
+    q, k: (B, N, C_k) tokens; v: (B, N, C_v) (the paper lets the key and value widths differ;
+    each is split evenly over the heads). Queries are normalised over channels within a head,
+    keys over positions. value_weights: optional (B, C_v) scaling of the context's value columns
+    (PSALM's support modulation). extra_kv: optional (keys, values), (B, T, C_k) and (B, T, C_v):
+    tokens appended to the key/value sequence only (CHEAF's support tokens); they take part in
+    the key softmax. Returns (B, N, C_v).
     """
-    b, n, c = q.shape
-    d = c // num_heads
+    b, n, c_k = q.shape
+    c_v = v.shape[2]
+    d, e = c_k // num_heads, c_v // num_heads  # per head: key and value widths
     q = q.reshape(b, n, num_heads, d).softmax(dim=3)  # (B, N, h, d)
     k = k.reshape(b, n, num_heads, d)
-    v = v.reshape(b, n, num_heads, d)
+    v = v.reshape(b, n, num_heads, e)
     if extra_kv is None:
         context = torch.einsum("bnhd,bnhe->bhde", k.softmax(dim=1), v)  # (B, h, d_k, d_v)
     else:
         # softmax over the N query positions and the T extra tokens together
-        ek, ev = (t.reshape(b, t.shape[1], num_heads, d) for t in extra_kv)
+        ek, ev = (t.reshape(b, t.shape[1], num_heads, -1) for t in extra_kv)
         peak = torch.maximum(k.amax(dim=1, keepdim=True), ek.amax(dim=1, keepdim=True)).detach()
         k, ek = (k - peak).exp(), (ek - peak).exp()
         total = k.sum(dim=1) + ek.sum(dim=1)  # (B, h, d_k)
         context = torch.einsum("bnhd,bnhe->bhde", k, v) + torch.einsum("bthd,bthe->bhde", ek, ev)
         context = context / total[..., None]
     if value_weights is not None:
-        context = context * value_weights.reshape(b, num_heads, 1, d)
-    return torch.einsum("bnhd,bhde->bnhe", q, context).reshape(b, n, c)
+        context = context * value_weights.reshape(b, num_heads, 1, e)
+    return torch.einsum("bnhd,bhde->bnhe", q, context).reshape(b, n, c_v)
 
 
 def modulated_attention(

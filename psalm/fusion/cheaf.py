@@ -62,38 +62,60 @@ from psalm.fusion._layers import (
 )
 
 
-class ConcatEfficientAttention(nn.Module):
+class EfficientLinearAttention(nn.Module):
     """CHEAF's attention branch for one scale: query and support concatenated, then processed.
 
     The support (pooled, projected to the query's width) is concatenated twice: to every query
     position's channels, from which Q is made, and to the key/value sequence as one extra token
     with its own key and value projections. (Concatenating it to the channels that make K would
     add the same value at every position, which the key softmax over positions cancels.)
+
+    Keywords as in the report's authors' class of this name: ``key_channels`` is the width of Q
+    and K, ``value_channels`` the width of V and of the attended values, which the output
+    projection takes back to ``in_channels`` (both default to ``in_channels``, as CHEAF builds
+    it; each must divide by ``head_count``). ``support_channels`` is the pooled support's width
+    (default ``in_channels``). ``forward(x, support)`` takes x ``(B, in_channels, H, W)`` and
+    support ``(B, support_channels)`` or ``None`` and returns x's shape. Unlike the authors'
+    class, the support reaches the output, and the residual is not added here: CHEAF adds it
+    (R1).
     """
 
-    def __init__(self, channels: int, support_channels: int, num_heads: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        key_channels: int | None = None,
+        value_channels: int | None = None,
+        head_count: int = 1,
+        support_channels: int | None = None,
+    ) -> None:
         super().__init__()
-        c = channels
-        self.num_heads = num_heads
-        self.support_proj = nn.Linear(support_channels, c)
-        self.query = SplitPointwise([c, c], c)  # Q from [x; support broadcast]
-        self.key_value = nn.Conv2d(c, 2 * c, 1)  # K, V of the query positions
-        self.support_key_value = nn.Linear(c, 2 * c)  # K, V of the support token
-        self.out = nn.Conv2d(c, c, 1)
+        c = in_channels
+        self.key_channels = dk = c if key_channels is None else key_channels
+        self.value_channels = dv = c if value_channels is None else value_channels
+        for name, width in (("key_channels", dk), ("value_channels", dv)):
+            if width % head_count:
+                raise ValueError(f"{name} ({width}) is not divisible by head_count={head_count}")
+        self.num_heads = head_count
+        self.support_proj = nn.Linear(c if support_channels is None else support_channels, c)
+        self.query = SplitPointwise([c, c], dk)  # Q from [x; support broadcast]
+        self.key_value = nn.Conv2d(c, dk + dv, 1)  # K, V of the query positions
+        self.support_key_value = nn.Linear(c, dk + dv)  # K, V of the support token
+        self.out = nn.Conv2d(dv, c, 1)
         self.process = SplitPointwise([c, c], c)  # "concat & process": [attention output; x]
         self.process_norm = group_norm(c)
 
     def forward(self, x: Tensor, support: Tensor | None) -> Tensor:
         h, w = x.shape[-2:]
+        widths = [self.key_channels, self.value_channels]
         if support is None:  # removes the support signal only: no token, zeros in the concat
             q = self.query.parts[0](x)
             extra = None
         else:
             s = self.support_proj(support)  # (B, C)
             q = self.query(x, s[:, :, None, None])  # support broadcast over positions
-            sk, sv = self.support_key_value(s)[:, None].chunk(2, dim=2)  # 2 × (B, 1, C)
+            sk, sv = self.support_key_value(s)[:, None].split(widths, dim=2)  # (B, 1, C_k|C_v)
             extra = (sk, sv)
-        k, v = to_tokens(self.key_value(x)).chunk(2, dim=2)  # 2 × (B, N, C)
+        k, v = to_tokens(self.key_value(x)).split(widths, dim=2)  # (B, N, C_k), (B, N, C_v)
         attended = efficient_attention(to_tokens(q), k, v, self.num_heads, extra_kv=extra)
         attended = self.out(from_tokens(attended, h, w))
         return F.gelu(self.process_norm(self.process(attended, x)))
@@ -138,8 +160,59 @@ class BranchFusion(nn.Module):
         return self.norm(a + self.pointwise_conv(self.depthwise_conv(conv)))
 
 
+def squeeze_excite(channels: int, reduction: int) -> nn.Sequential:
+    """Channel attention (squeeze-excite): average pool, 1×1 to ``channels // reduction``, ReLU,
+    1×1 back, sigmoid; a (B, C, 1, 1) weight a channel."""
+    hidden = channels // reduction
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1),
+        nn.Conv2d(channels, hidden, 1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, channels, 1),
+        nn.Sigmoid(),
+    )
+
+
+class ChannelSpatialGate(nn.Module):
+    """The channel then spatial attention CHEAF's pyramid refinement applies to each level.
+
+    x is scaled by its channel attention (``squeeze_excite``), then by a spatial attention: a
+    7×7 conv over the per-position channel mean and max, and a sigmoid. Returns x's shape. Named
+    and called as the report's authors' class (``ChannelSpatialGate(channels)``); theirs reduces
+    by 16 and makes its spatial weight with 1×1 convs and BatchNorm, ours keeps the layers CHEAF
+    has here (reduction 2, the 7×7 conv). ``channel_attention``: a squeeze-excite already built,
+    used instead of drawing a new one (``PyramidRefinement`` draws them all first).
+    """
+
+    def __init__(
+        self, channels: int, reduction: int = 2, channel_attention: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        if channel_attention is None:
+            channel_attention = squeeze_excite(channels, reduction)
+        self.channel_attention = channel_attention
+        self.spatial_attention = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x * self.channel_attention(x)
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial_attention(pooled))
+
+
+def _accept_ungated_keys(state_dict, prefix, *_args) -> None:
+    """Load ``PyramidRefinement`` state dicts saved before ``ChannelSpatialGate``: their
+    ``channel_attention.{i}.…`` and ``spatial_attention.{i}.…`` become ``gates.{i}.…``."""
+    for key in list(state_dict):
+        for part in ("channel_attention", "spatial_attention"):
+            head = f"{prefix}{part}."
+            if key.startswith(head):
+                index, _, rest = key[len(head) :].partition(".")
+                state_dict[f"{prefix}gates.{index}.{part}.{rest}"] = state_dict.pop(key)
+
+
 class PyramidRefinement(nn.Module):
-    """CHEAF's stage 2: gated top-down and bottom-up paths, channel/spatial attention, smoothing."""
+    """CHEAF's stage 2: gated top-down and bottom-up paths, then per level a channel/spatial
+    gate (``ChannelSpatialGate``) and smoothing."""
 
     def __init__(self, channels: Sequence[int]) -> None:
         super().__init__()
@@ -162,18 +235,15 @@ class PyramidRefinement(nn.Module):
         self.bu_gate = nn.ModuleList(
             SplitPointwise([channels[i], channels[i]], channels[i]) for i in range(1, n)
         )
-        self.channel_attention = nn.ModuleList(
-            nn.Sequential(
-                nn.AdaptiveAvgPool2d(1),
-                nn.Conv2d(c, c // 2, 1),
-                nn.ReLU(),
-                nn.Conv2d(c // 2, c, 1),
-                nn.Sigmoid(),
-            )
-            for c in channels
+        # every level's channel attention is drawn before any level's spatial conv, the order of
+        # the weights before the gates existed, so that a seed gives the same initial weights
+        squeeze = [squeeze_excite(c, 2) for c in channels]
+        self.gates = nn.ModuleList(
+            ChannelSpatialGate(c, channel_attention=se)
+            for c, se in zip(channels, squeeze, strict=True)
         )
-        self.spatial_attention = nn.ModuleList(nn.Conv2d(2, 1, 7, padding=3) for _ in channels)
         self.smooth = nn.ModuleList(DepthwiseSeparable(c, c) for c in channels)
+        self._register_load_state_dict_pre_hook(_accept_ungated_keys)
 
     def forward(self, feats: list[Tensor], wanted: Sequence[bool] | None = None) -> list[Tensor]:
         """Refined maps per level; with ``wanted``, levels marked False are ``None`` (their
@@ -195,10 +265,7 @@ class PyramidRefinement(nn.Module):
             if wanted is not None and not wanted[i]:
                 out.append(None)
                 continue
-            x = x * self.channel_attention[i](x)
-            pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-            x = x * torch.sigmoid(self.spatial_attention[i](pooled))
-            out.append(self.smooth[i](x))
+            out.append(self.smooth[i](self.gates[i](x)))
         return out
 
 
@@ -248,7 +315,11 @@ class CHEAFFusionModule(ParameterCounts, nn.Module):
         self.use_short_long_conv = use_short_long_conv
         pairs = list(zip(query_channels, support_channels, strict=True))
         self.efficient_attentions = per_level(
-            self.levels, (ConcatEfficientAttention(c, s, num_heads) for c, s in pairs)
+            self.levels,
+            (
+                EfficientLinearAttention(c, head_count=num_heads, support_channels=s)
+                for c, s in pairs
+            ),
         )
         self.short_long_convs = (
             per_level(self.levels, (ShortLongConv(c) for c in query_channels))
