@@ -337,7 +337,14 @@ def _diagnose(spec: RunSpec, handle, model, data) -> dict[str, float]:
     """Load-bearing figures of the trained model (``psalm.diagnostics``), logged as ``diag/*``."""
     cfg = spec.config
     t0 = time.perf_counter()
-    figures = load_bearing(model, data, cfg["eval"]["split"], cfg["train"]["shots"], cfg["seed"])
+    figures = load_bearing(
+        model,
+        data,
+        cfg["eval"]["split"],
+        cfg["train"]["shots"],
+        cfg["seed"],
+        episodes=cfg["eval"]["diag_episodes"],
+    )
     values = {f"diag/{k}": v for k, v in figures.items()}
     values["diag/seconds"] = time.perf_counter() - t0
     handle.log_metrics(values, cfg["train"]["steps"])

@@ -274,6 +274,9 @@ class EvalConfig(Group):
         )
     )
     top_k: int = key(POSITIVE_INT)
+    diag_episodes: int = key(
+        must("must be an integer >= 2 (compared in pairs)", lambda v: _int(v) and v >= 2)
+    )
 
 
 Tag = str | int | float | bool | None  # an MLflow tag's value (written with str())
@@ -568,6 +571,8 @@ ADDED_KEYS: tuple[tuple[str, str, Any, str | None], ...] = (
     ("model", "match_on", "backbone", None),
     # training ran in fp32
     ("train", "precision", "fp32", None),
+    # the load-bearing figures were always measured on 64 test episodes
+    ("eval", "diag_episodes", 64, None),
     # sweep labels (MLflow tags only)
     ("label", "sweep", None, None),
     ("label", "trial", None, None),

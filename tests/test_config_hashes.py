@@ -6,7 +6,9 @@ data version, the kind of run and the code version (``code_version()``: a hash o
 sources, which changes with that code by design). The digests below leave the code version out,
 so they change only when composition, resolution or validation changes a config's content. They
 were computed on the code before the typed config schema; a refactor of the config code must
-keep every one of them.
+keep every one of them. A new key changes them on purpose: they were re-stored once, when
+``eval.diag_episodes`` was added (2026-11-30; changes to ``psalm/`` of the same day had changed
+the code version already, so no earlier run would have been found again anyway).
 """
 
 from __future__ import annotations
@@ -46,56 +48,56 @@ STORED = {
     "default psalm": (
         [],
         {},
-        "6b8d91ca7aef7acf893efa322c66d9418a9f16999761d23af24a5bc72b048b7d",
+        "a9786ebfe3663123f69a1211eb4eccc51fd89395ba42c28c40d5d45c03cc3ac3",
     ),
     "cheaf": (
         ["model=cheaf"],
         {},
-        "04c2f360faea788187884d3bd25729ba9231fb806ca8fc6f509594a544ca240d",
+        "5c29e5430e6c96184b683cfa8e338a1dad84bccdebaee3713b6accfe742f6a62",
     ),
     "smoke": (
         ["profile=smoke"],
         {},
-        "5745adc9ed4cc28bfece0619016912ff63f997601a65a39b63090d92184935cd",
+        "0cfea733e35457a380df4a4db370756edb59cf444e320af004a5af0d87658c3a",
     ),
     "no_pyramid study cell": (
         ["model=psalm", "seed=1", "model.use_pyramid=false", "profile=smoke",
          "label.study=pyramid-smoke", "label.ablation=pyramid", "label.arm=no_pyramid"],
         {},
-        "0f9e4da70bd0cb0a0d5c1bb6ed7031fc3990d1daef977d6bbb0fdd7850e167f8",
+        "3dc751ca953d52a37f3188bc63c35657adf5fdb2ca979fe00bc241749e64d74e",
     ),
     "cheaf paper, no refinement or convolutions": (
         ["model=cheaf", "profile=paper", "model.use_pyramid_refinement=false",
          "model.use_short_long_conv=false"],
         {},
-        "76302eed53153b05fe9d6f53c8462698024d631b58427c9fa9ba582d46b1cf84",
+        "9577cf27c15978993b065e600ad76ecf07027922002045d56c00cfa134144370",
     ),
     "eval spec": (
         ["model=cheaf", "profile=smoke", "seed=2"],
         {"kind": "eval", "eval_mode": "none", "eval_of": TRAINED},
-        "e4e1fe98b8dea8a131df9d752188e93ffb4c2438b190ea2aa9b72592eb34fcd9",
+        "c2ed108235f81b9802606c61af7d0947203175fea5fcb3ec324757796789c851",
     ),
     "sweep trial": (
         SWEEP_TRIAL,
         {},
-        "650a7327d0ba7b85c5bfcb266a8f3c35565d80d58fc8394f5b2c73d8e3ea8b6f",
+        "d7f7f99e90ad0d16b5af1ff7a1a208ab250b78b531ed5978442915ec6cb0054a",
     ),
     "coco": (
         [*COCO, "profile=smoke"],
         {},
-        "fabb40e15a5d03823d7f074f94e40e91b319be0e7a4d18208c962c74a5e8394c",
+        "39b1fffb585cf37ef20229bd9a30d359348d0a6d1b63dde884e964a9af2b12f2",
     ),
     "video": (
         ["data=video", "profile=smoke"],
         {},
-        "20fe3d00f18d33b1f4a388eec426dcb9d6f9731a6dc64617ea6f3e388ef0500c",
+        "9d475e0d40bbe9c13cc4781146f4a24e0e9913bcade9d4e3c2bc75ee33167055",
     ),
     "older detector and options": (
         ["model.match_on=backbone", "model.head_similarity=prototype",
          "model.support_modulation=layernorm", "train.precision=bf16", "data.clutter_prob=0.8",
          "eval.modes=[normal,none,shuffled]", "train.lr_scale=30"],
         {},
-        "f88740bef02c6c98a624ced7a30011431c8a4acb16f460cb6f5401b8ecbe3a3f",
+        "4461e56d1eac4d1df7aeb0584467604fd7cf0a26cb4adf60b55ec7a48f2bfe98",
     ),
 }  # fmt: skip
 
