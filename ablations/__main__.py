@@ -285,6 +285,17 @@ def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[st
     others = [o for o in study_overrides if o.split("=", 1)[0] not in STUDY_KEYS]
     seeds = {model: schedule.seeds_start for model in study.models}
     resume = _command(args)  # an interrupted round resumes the whole adaptive study
+    first = schedule.first_decisive_look()
+    if first != schedule.seeds_start:  # say why the first round(s) cannot settle anything
+        log.info(
+            f"seeds=auto: with {schedule.seeds_start} seeds the anytime-valid interval is still "
+            "unbounded, so "
+            + (
+                f"the first round that can settle a verdict is the one with {first} seeds"
+                if first
+                else f"no round up to seeds_max={schedule.seeds_max} can settle a verdict"
+            )
+        )
     t0 = time.perf_counter()
     for round_ in range(1, len(schedule.looks()) + 1):
         todo = sorted(m for m, n in seeds.items() if n)

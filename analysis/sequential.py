@@ -89,6 +89,12 @@ class SeedSchedule:
         looks = list(range(self.seeds_start, self.seeds_max, self.seeds_batch))
         return [*looks, self.seeds_max]
 
+    def first_decisive_look(self, alpha: float = 0.05) -> int | None:
+        """The first look whose confidence sequence is bounded, so that a verdict can settle
+        there (4 seeds at the 5 % level: Lai's sequence is unbounded at 2 and 3); None if none."""
+        bounded = [n for n in self.looks() if np.isfinite(lai_q2(n, alpha))]
+        return bounded[0] if bounded else None
+
     def next_count(self, n: int) -> int:
         """How many seeds an unsettled arm with ``n`` seeds should have after the next batch."""
         return min(self.seeds_max, max(self.seeds_start, n + self.seeds_batch))
