@@ -83,6 +83,11 @@ class SeedSchedule:
                 f"seeds=auto needs 2 <= seeds_start ({self.seeds_start}) <= seeds_max "
                 f"({self.seeds_max}) and seeds_batch ({self.seeds_batch}) >= 1"
             )
+        if self.first_decisive_look() is None:
+            raise ValueError(
+                f"seeds=auto with seeds_max={self.seeds_max} can never settle a verdict: the "
+                "anytime-valid interval needs at least 4 seeds; raise seeds_max"
+            )
 
     def looks(self) -> list[int]:
         """The numbers of seeds at which the verdicts are read."""

@@ -145,6 +145,7 @@ def test_study_files_say_what_each_arm_removes_and_which_part():
     [
         (["seeds=auto", "seeds_max=1"], "seeds_max"),
         (["seeds=auto", "seeds_batch=0"], "seeds_batch"),
+        (["seeds=auto", "seeds_max=3"], "can never settle a verdict"),
         (["seeds_max=x"], None),
     ],
 )

@@ -89,7 +89,8 @@ def test_seeds_max_bounds_every_arm():
 def test_the_first_look_that_can_settle_is_where_the_sequence_is_bounded():
     assert SeedSchedule(3, 2, 20).first_decisive_look() == 5  # looks 3, 5, …: 3 is unbounded
     assert SeedSchedule(4, 2, 20).first_decisive_look() == 4
-    assert SeedSchedule(2, 1, 3).first_decisive_look() is None  # looks 2, 3: never bounded
+    with pytest.raises(ValueError, match="can never settle"):
+        SeedSchedule(2, 1, 3)  # looks 2, 3: never bounded
 
 
 def test_schedule_and_stop_reasons():
