@@ -71,22 +71,27 @@ def lai_q2(n: np.ndarray | float, alpha: float = 0.05, c: float | None = None) -
 @dataclass(frozen=True)
 class SeedSchedule:
     """How ``seeds=auto`` adds seeds: ``seeds_start`` first, then ``seeds_batch`` at a time,
-    never more than ``seeds_max`` per arm."""
+    never more than ``seeds_max`` per arm.
 
-    seeds_start: int = 3
+    ``seeds_start`` is 4 by default: with 2 or 3 seeds Lai's sequence (5 % level) is unbounded,
+    so a first look there could never settle a verdict. Simulated on planted effects with a seed
+    spread of 1 % of the baseline, starting at 4 instead of 3 used 4.7 seeds per arm on average
+    instead of 5.4; at 2 % and 4 % the two were within 0.3 seeds (``simulate``)."""
+
+    seeds_start: int = 4
     seeds_batch: int = 2
     seeds_max: int = 20
 
     def __post_init__(self) -> None:
+        if not np.isfinite(lai_q2(self.seeds_max)):
+            raise ValueError(
+                f"seeds=auto with seeds_max={self.seeds_max} can never settle a verdict: the "
+                "anytime-valid interval needs at least 4 seeds; raise seeds_max"
+            )
         if not 2 <= self.seeds_start <= self.seeds_max or self.seeds_batch < 1:
             raise ValueError(
                 f"seeds=auto needs 2 <= seeds_start ({self.seeds_start}) <= seeds_max "
                 f"({self.seeds_max}) and seeds_batch ({self.seeds_batch}) >= 1"
-            )
-        if self.first_decisive_look() is None:
-            raise ValueError(
-                f"seeds=auto with seeds_max={self.seeds_max} can never settle a verdict: the "
-                "anytime-valid interval needs at least 4 seeds; raise seeds_max"
             )
 
     def looks(self) -> list[int]:

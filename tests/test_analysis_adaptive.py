@@ -67,30 +67,30 @@ def test_seeds_auto_adds_seeds_until_settled_or_seeds_max(tmp_path, monkeypatch,
     monkeypatch.setattr(driver, "_run", _fake_run(uri, calls, resumes))
     typed = ["seeds=auto", "seeds_max=7", "seeds_batch=2"]
     study = load_study("pyramid", typed)
-    assert study.schedule is not None and study.seeds == (0, 1, 2)
+    assert study.schedule is not None and study.seeds == (0, 1, 2, 3)
     run_overrides = ["label.study=adaptive", f"tracking.uri={uri}"]
     args = argparse.Namespace(name="pyramid", overrides=typed, no_wait=False, force=False)
     assert driver.run_adaptive(args, study, typed, run_overrides) == 0
 
-    # round 1: both models, 3 seeds; round 2: both at 5; psalm settled, cheaf goes on to 7
-    assert calls == [(("cheaf", "psalm"), 3), (("cheaf", "psalm"), 5), (("cheaf",), 7)]
+    # round 1: both models, 4 seeds, where psalm settles; cheaf goes on to 6, then 7
+    assert calls == [(("cheaf", "psalm"), 4), (("cheaf",), 6), (("cheaf",), 7)]
     # a round interrupted says to resume the adaptive study, not that round's fixed seeds
     assert set(resumes) == {
         "python -m ablations run pyramid seeds=auto seeds_max=7 seeds_batch=2"
     }, resumes
     result = analyze_study("adaptive", uri)
     rows = result.verdicts.set_index("model")
-    assert (rows.loc["psalm", "n"], rows.loc["psalm", "stop"]) == (5, "settled")
+    assert (rows.loc["psalm", "n"], rows.loc["psalm", "stop"]) == (4, "settled")
     assert rows.loc["psalm", "verdict"] == "smaller drop"
     assert (rows.loc["cheaf", "n"], rows.loc["cheaf", "stop"]) == (7, "seeds_max reached")
     assert rows.loc["cheaf", "verdict"] == "inconclusive"
     assert "anytime-valid" in rows.loc["cheaf", "interval"]
     out = capsys.readouterr().out
-    assert re.search(r"psalm\s+no_pyramid\s+n=5\s+settled: smaller drop", out)
+    assert re.search(r"psalm\s+no_pyramid\s+n=4\s+settled: smaller drop", out)
 
     # the parent run: the design as tags, the verdict table and plots as artifacts
     design = load_study_design("adaptive", uri)
-    assert (design.seeds_start, design.seeds_batch, design.seeds_max) == (3, 2, 7)
+    assert (design.seeds_start, design.seeds_batch, design.seeds_max) == (4, 2, 7)
     parent = find_study_run("adaptive", uri)
     assert (
         parent.data.tags["kind"] == "study"
