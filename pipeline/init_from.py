@@ -26,9 +26,12 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.schema import ConfigError
+
+if TYPE_CHECKING:  # torch is imported only where weights are read
+    from torch import Tensor, nn
 
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"  # where pipeline.run logs a run's final weights
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -78,7 +81,7 @@ def _from_mlflow(run_id: str, tracking_uri: str, folder: Path) -> Path:
     return Path(local).resolve()
 
 
-def model_weights(path: Path, value: str) -> dict[str, Any]:
+def model_weights(path: Path, value: str) -> dict[str, Tensor]:
     """The ``model`` state dict of a checkpoint this project wrote."""
     import torch
 
@@ -93,7 +96,7 @@ def model_weights(path: Path, value: str) -> dict[str, Any]:
     return state["model"]
 
 
-def mismatch(model, weights: dict[str, Any]) -> str | None:
+def mismatch(model: nn.Module, weights: dict[str, Tensor]) -> str | None:
     """What keeps ``weights`` from loading into ``model`` strictly (one line); None if they fit."""
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
@@ -126,7 +129,7 @@ def check(config: dict[str, Any], tracking_uri: str) -> Path:
     return path
 
 
-def load_into(model, config: dict[str, Any], tracking_uri: str) -> dict[str, str]:
+def load_into(model: nn.Module, config: dict[str, Any], tracking_uri: str) -> dict[str, str]:
     """Load the ``init_from`` weights into ``model``; the MLflow tags that record them."""
     value = config["init_from"]
     path = checkpoint_path(value, tracking_uri, config["output_dir"])
