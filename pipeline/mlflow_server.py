@@ -118,9 +118,12 @@ def tracking_server(
     startup_timeout_s: float = 300.0,  # a cold start on a loaded 2-core machine took > 120 s
 ) -> Iterator[TrackingServer]:
     """Start `mlflow server` on a free loopback port, wait until GET /health answers, yield it,
-    and stop it on exit. The first start on a new SQLite file also creates its tables."""
+    and stop it on exit. A new SQLite file gets its tables first (``create_sqlite_store``)."""
     store_uri = _with_busy_timeout(_absolute_sqlite_uri(backend_store_uri))
     artifacts = str(Path(artifact_root or "mlruns").resolve())
+    from pipeline.tracking import create_sqlite_store
+
+    create_sqlite_store(store_uri, artifacts)  # whole, even if this process is killed meanwhile
     if log_path is None:
         handle, name = tempfile.mkstemp(prefix="mlflow-server-", suffix=".log")
         os.close(handle)

@@ -46,6 +46,35 @@ def tracking_uri(configured: str | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
 
 
+def create_sqlite_store(uri: str, artifact_root: str | Path | None = None) -> None:
+    """Make a new SQLite store whole or not at all (nothing to do for an existing file or
+    another kind of store).
+
+    MLflow creates a store's tables one migration at a time the first time it opens the file.
+    A process killed in between (a study driver killed 5 s after its start, in the
+    fault-injection test) left a file that every later open refused: "table logged_models
+    already exists". So the tables are made in a temporary file beside the store, which is then
+    linked into place only if no other process put a store there first.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return
+    path = Path(uri.removeprefix(prefix).partition("?")[0])
+    if path.exists() or not path.parent.is_dir():  # MLflow reports a missing folder itself
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    root = Path(artifact_root) if artifact_root else path.resolve().parent / "mlartifacts"
+    try:
+        SqlAlchemyStore(f"{prefix}{temporary.resolve()}", root.as_uri()).engine.dispose()
+        os.link(temporary, path)  # atomic, and fails if a store appeared meanwhile
+    except FileExistsError:
+        pass  # another process made it first: use theirs
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def git_sha() -> str:
     """The checkout's commit, ``-dirty`` if it has uncommitted changes; 'unknown' outside git."""
     try:
@@ -121,6 +150,7 @@ class Tracker:
     def __init__(self, uri: str | None = None, experiment: str = "psalm") -> None:
         self.uri = tracking_uri(uri)
         try:
+            create_sqlite_store(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri)
             self.experiment_id = self._experiment(experiment)
         except Exception as exc:  # a bad URI, an unwritable folder, an unreachable server

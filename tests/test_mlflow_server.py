@@ -76,3 +76,38 @@ def test_concurrent_writers_through_the_server_lose_nothing(
     assert "database is locked" not in log.read_text()
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _kill_while_creating(db: Path, code: str) -> bool:
+    """Run ``code`` (which opens a new store at ``db``) and SIGKILL it once MLflow has begun
+    making the tables; whether the kill came before the process ended."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    for line in proc.stderr:  # alembic's first line: the migrations have started
+        if "Creating initial MLflow database tables" in line or time.time() > deadline:
+            break
+    time.sleep(0.3)  # well into the migrations (they take seconds)
+    alive = proc.poll() is None
+    proc.kill()
+    proc.wait()
+    return alive
+
+
+def test_a_process_killed_while_creating_a_store_leaves_no_broken_store(tmp_path: Path) -> None:
+    """A study driver killed seconds after its start used to leave a half-made SQLite store
+    that every later run refused ("table logged_models already exists"); now the store appears
+    whole or not at all, and the next run opens it."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import Tracker
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    assert _kill_while_creating(db, f"from pipeline.tracking import Tracker; Tracker({uri!r})")
+    assert not db.exists()  # only the temporary file was written, and it is never used
+    tracker = Tracker(uri)
+    assert MlflowClient(uri).get_experiment(tracker.experiment_id).name == "psalm"
