@@ -18,6 +18,9 @@ Method
 - Peer-comparable setting (``--peer-threads``, CPU only): the setting the report's authors' code
   is compared in (eval, no grad, one prototype per level), both modules timed interleaved again in
   each memory layout of the inputs and models (NCHW, channels-last) at each thread count.
+- CPU memory pages (``--cpu-pages``): by default PyTorch's CPU allocator backs each buffer of
+  2 MB or more with transparent huge pages (``THP_MEM_ALLOC_ENABLE``, see ``huge_pages``); the
+  document records the setting and the kernel's THP mode.
 
 Writes ``reports/benchmark.json`` (``--out``) and prints the table beside the report's figures.
 """
@@ -120,6 +123,43 @@ def make_inputs(
             for i, c in enumerate(QUERY_CHANNELS)
         ]
     return query, sup
+
+
+# PyTorch's CPU allocator backs buffers of 2 MB or more with transparent huge pages when this is
+# "1" (c10/core/impl/alloc_cpu.cpp); it reads the variable once, at its first allocation.
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+CPU_PAGES = ("huge", "system")
+THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def huge_pages(cpu_pages: str) -> str:
+    """Set PyTorch's CPU buffers to huge pages (``cpu_pages="huge"``) or leave them as the system
+    gives them; returns the setting in effect. Call it before torch is imported.
+
+    A forward at 640² frees and allocates maps of up to 52 MB (P2's 4×128×160×160). The C library
+    returns each to the OS on free and the kernel faults the next one in again 4 KB at a time:
+    16,385 page faults per 64 MB, 544 with 2 MB pages (tests/test_benchmark.py). CUDA's caching
+    allocator, under which GPU latencies are measured, keeps its memory between forwards instead.
+    With torch already imported the setting cannot change, and what is in effect is returned.
+    """
+    import os
+    import sys
+
+    if cpu_pages not in CPU_PAGES:
+        raise ValueError(f"cpu_pages must be one of {CPU_PAGES}, got {cpu_pages!r}")
+    if "torch" not in sys.modules:
+        os.environ[HUGE_PAGES_ENV] = "1" if cpu_pages == "huge" else "0"
+    return "huge" if os.environ.get(HUGE_PAGES_ENV) == "1" else "system"
+
+
+def thp_mode() -> str:
+    """The kernel's transparent-huge-page mode (always | madvise | never), or "unknown"."""
+    try:
+        text = THP_MODE_FILE.read_text()
+    except OSError:
+        return "unknown"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else "unknown"
 
 
 def _sync(device: torch.device) -> None:
@@ -343,9 +383,11 @@ def cpu_name() -> str:
 def format_table(doc: dict) -> str:
     """The report's table with the measured figures beside the report's."""
     c, p = doc["models"]["cheaf"], doc["models"]["psalm"]
+    pages = doc.get("cpu_pages")
+    pages = f", {pages} pages" if pages and doc["device_type"] == "cpu" else ""
     lines = [
         f"Device: {doc['device']} ({doc['device_type']}, {doc['threads']} threads, {doc['dtype']}, "
-        f"{doc['memory_format']}); batch {doc['batch']}, input {doc['input_size']}×"
+        f"{doc['memory_format']}{pages}); batch {doc['batch']}, input {doc['input_size']}×"
         f"{doc['input_size']}, support {doc['support']}; median of {doc['repeats']} runs",
         "",
         f"| {'Metric':<22} | {'CHEAF':>10} | {'PSALM':>10} | {'measured':>14} | {'report':>22} |",
@@ -399,9 +441,17 @@ def main(argv: list[str] | None = None) -> None:
         help="thread counts of the peer-comparable CPU setting, comma-separated; '' skips it",
     )
     parser.add_argument("--peer-repeats", type=int, default=10)
+    parser.add_argument(
+        "--cpu-pages",
+        default="huge",
+        choices=CPU_PAGES,
+        help="CPU buffers of 2 MB or more on transparent huge pages (huge), or as the system "
+        "gives them (system)",
+    )
     parser.add_argument("--profile", action="store_true", help="also print each model's top ops")
     parser.add_argument("--out", default="reports/benchmark.json")
     args = parser.parse_args(argv)
+    cpu_pages = huge_pages(args.cpu_pages)  # before torch allocates anything
     import torch  # after the arguments: `--help` and usage errors need no torch
 
     if args.threads:
@@ -421,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
         repeats=args.repeats,
     )
+    doc["cpu_pages"], doc["kernel_thp"] = cpu_pages, thp_mode()
     print(format_table(doc), flush=True)
     if args.peer_threads:
         threads = [int(t) for t in args.peer_threads.split(",")]

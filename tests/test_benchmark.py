@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from psalm import CHEAFFusionModule, PSALMFusion
-from psalm.benchmark import run_benchmark, run_peer_settings
+from psalm.benchmark import (
+    CPU_PAGES,
+    HUGE_PAGES_ENV,
+    huge_pages,
+    run_benchmark,
+    run_peer_settings,
+    thp_mode,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,6 +140,8 @@ def test_cli_writes_the_json_and_prints_the_table(tmp_path):
     assert "batch 1, input 64×64" in proc.stdout
     assert f"{doc['models']['cheaf']['params'] / 1e6:.3f}M" in proc.stdout
     assert f"Wrote {out}" in proc.stdout
+    assert doc["cpu_pages"] == "huge" and doc["kernel_thp"] in ("always", "madvise", "never")
+    assert "channels_last, huge pages)" in proc.stdout
     peers = doc["peer_comparable"]
     assert {(r["threads"], r["memory_format"]) for r in peers} == {
         (1, "contiguous"),
@@ -163,3 +172,49 @@ def test_peer_settings_cover_every_thread_count_and_layout():
 def test_peer_settings_refuse_an_unknown_layout():
     with pytest.raises(ValueError, match=r"unknown \['nhwc'\]"):
         run_peer_settings(batch=1, input_size=64, memory_formats=("nhwc",), repeats=1)
+
+
+# Minor page faults of allocating and filling a 64 MB tensor, in a fresh process whose CPU pages
+# huge_pages() set: one per 4 KB page (16,384) as the system gives them, about one per 2 MB page
+# on huge pages. Run three times: each tensor is freed and the next faulted in again.
+_FAULTS = """
+import resource, sys
+from psalm.benchmark import huge_pages
+assert huge_pages(sys.argv[1]) == sys.argv[1]
+import torch
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(16 * 2**20)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    del x
+print(min(faults))
+"""
+
+
+@pytest.mark.skipif(
+    thp_mode() not in ("always", "madvise"), reason="the kernel gives no transparent huge pages"
+)
+def test_huge_pages_cut_the_page_faults_of_large_buffers():
+    faults = {}
+    for pages in CPU_PAGES:
+        proc = subprocess.run(
+            [sys.executable, "-c", _FAULTS, pages],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        faults[pages] = int(proc.stdout.split()[-1])
+    assert faults["system"] > 10_000  # every 4 KB page of the 64 MB faulted in
+    assert faults["huge"] < faults["system"] / 10
+
+
+def test_huge_pages_say_what_is_in_effect_once_torch_is_imported(monkeypatch):
+    import torch  # noqa: F401 (already imported by this module's imports)
+
+    monkeypatch.delenv(HUGE_PAGES_ENV, raising=False)
+    assert huge_pages("huge") == "system"  # too late: torch's allocator already read it
+    with pytest.raises(ValueError, match="cpu_pages must be one of"):
+        huge_pages("giant")
