@@ -35,6 +35,7 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "psalm-train") -> 
     setup_logging(log_level(args))
 
     def body() -> int:
+        apply_job_defaults()  # as a dispatched job gets them, before torch allocates anything
         from pipeline.config import make_spec
         from pipeline.run import check_spec, run
 
@@ -57,6 +58,7 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate
     mode = modes[-1] if modes else "none"
 
     def body() -> int:
+        apply_job_defaults()
         from pipeline.config import ConfigError
         from pipeline.run import evaluate_run
         from psalm.options import EVAL_MODES
@@ -67,6 +69,18 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate
         return 0
 
     return guarded(body, debug=args.debug)
+
+
+def apply_job_defaults() -> None:
+    """Give this process the environment a dispatched job gets (``JOB_DEFAULTS``: huge pages for
+    PyTorch's large CPU buffers), where it is not set. torch reads it at its first allocation, so
+    this must run before torch is imported; later it changes nothing."""
+    import os
+
+    from pipeline.dispatch.launcher import job_defaults
+
+    if "torch" not in sys.modules:
+        os.environ.update(job_defaults())
 
 
 def train_parser(prog: str = "psalm-train") -> argparse.ArgumentParser:

@@ -30,11 +30,14 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from pipeline.dispatch.launcher import JOB_DEFAULTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -293,8 +296,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Profile of a training step and a test evaluation",
         "",
-        f"{m['cpu']}, {m['device']}, {m['threads']} thread(s), torch {m['torch']}; "
-        f"written by `make profile` ({report['written']}).",
+        f"{m['cpu']}, {m['device']}, {m['threads']} thread(s), torch {m['torch']}, "
+        + ", ".join(f"{k}={v}" for k, v in m.get("environment", {}).items())
+        + f"; written by `make profile` ({report['written']}).",
     ]
     for r in report["models"]:
         t, e = r["train"], r["eval"]
@@ -355,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast steps")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "profile")
     args = parser.parse_args(argv)
+    from pipeline.commands import apply_job_defaults
+
+    apply_job_defaults()  # time what a dispatched run gets (huge pages), before torch allocates
     import torch
 
     from psalm.benchmark import cpu_name
@@ -370,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "environment": {name: os.environ.get(name) for name in JOB_DEFAULTS},
     }
     report["written"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     args.out.parent.mkdir(parents=True, exist_ok=True)

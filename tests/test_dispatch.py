@@ -58,6 +58,7 @@ def record_interval(spec: dict) -> int:
     if spec.get("fail"):
         raise RuntimeError(f"job {spec['i']} failed on purpose")
     names = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "DISPATCH_SLOT")
+    names += ("THP_MEM_ALLOC_ENABLE",)
     record = {"start": start, "end": time.time(), "env": {n: os.environ.get(n) for n in names}}
     Path(spec["dir"], f"{spec['i']}.json").write_text(json.dumps(record))
     return spec["i"]
@@ -126,6 +127,13 @@ def test_local_slots_one_gpu_each_or_cpu_cores_per_thread_count(monkeypatch) -> 
     assert env["OMP_NUM_THREADS"] == env["DISPATCH_THREADS"] == "2" and env["DISPATCH_SLOT"] == "1"
 
 
+def test_jobs_get_huge_pages_unless_the_shell_says_otherwise(monkeypatch) -> None:
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert Slot(0, None, 1).env()["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    assert Slot(0, None, 1).env()["THP_MEM_ALLOC_ENABLE"] == "0"
+
+
 def test_visible_gpus_follows_cuda_visible_devices(monkeypatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert visible_gpus() == ("2", "3")
@@ -185,6 +193,7 @@ def test_local_queue_limits_concurrency_pins_env_and_isolates_failures(tmp_path:
     for record in done:
         assert record["env"]["CUDA_VISIBLE_DEVICES"] in ("7", "9")
         assert record["env"]["OMP_NUM_THREADS"] == record["env"]["MKL_NUM_THREADS"] == "1"
+        assert record["env"]["THP_MEM_ALLOC_ENABLE"] == "1"  # huge pages (JOB_DEFAULTS)
     for a in done:  # jobs that ran at the same time had different slots and GPUs
         for b in done:
             if a is not b and a["start"] < b["end"] and b["start"] < a["end"]:
@@ -315,6 +324,7 @@ def test_slurm_job_array_respects_parallelism_and_reports_failures(
     done = read_records(records)
     assert overlap(done) == 1  # array_parallelism=1, although the node has room for more
     assert all(r["env"]["OMP_NUM_THREADS"] == "1" for r in done)
+    assert all(r["env"]["THP_MEM_ALLOC_ENABLE"] == "1" for r in done)
     script = next((tmp_path / "dispatch").glob("*/logs/*_submission.sh")).read_text()
     assert "#SBATCH --array=0-2%1" in script and "#SBATCH --mem=512MB" in script
 
@@ -345,3 +355,18 @@ def test_slurm_preemption_requeues_and_resumes_once(slurm_cluster: None, tmp_pat
     (job,) = wait_for(tmp_path, progress=False, poll_s=0.3, timeout_s=60)
     assert job.state == "done" and job.result == 10 and job.attempts == 2
     assert log.read_text().splitlines() == [str(k) for k in range(10)]  # every step exactly once
+
+
+def test_single_run_commands_get_the_job_defaults_before_torch() -> None:
+    code = (
+        "import os, sys\n"
+        "from pipeline.commands import apply_job_defaults\n"
+        "apply_job_defaults()\n"
+        "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "False"]  # set, and torch not yet imported to read it

@@ -21,7 +21,12 @@ from pipeline.dispatch._local_queue import (
     submit_queue,
 )
 from pipeline.dispatch.job import Job, SchedulerView
-from pipeline.dispatch.launcher import PACKAGE_ROOT, THREAD_VARIABLES, LauncherConfig
+from pipeline.dispatch.launcher import (
+    PACKAGE_ROOT,
+    THREAD_VARIABLES,
+    LauncherConfig,
+    job_defaults,
+)
 from pipeline.processes import adopt
 
 NO_LIMIT_MIN = 30 * 24 * 60  # "no time limit" for local jobs: 30 days
@@ -39,6 +44,7 @@ class Slot:
         """Environment variables a job in this slot runs with (CUDA_VISIBLE_DEVICES aside)."""
         env = {name: str(self.threads) for name in THREAD_VARIABLES}
         env["DISPATCH_SLOT"] = str(self.index)
+        env.update(job_defaults())
         return env
 
 

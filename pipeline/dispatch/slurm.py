@@ -11,7 +11,7 @@ from pathlib import Path
 import submitit
 
 from pipeline.dispatch.job import SchedulerView
-from pipeline.dispatch.launcher import PACKAGE_ROOT, THREAD_VARIABLES, LauncherConfig
+from pipeline.dispatch.launcher import JOB_DEFAULTS, PACKAGE_ROOT, THREAD_VARIABLES, LauncherConfig
 
 DEFAULT_TIME_MIN = 60
 
@@ -34,6 +34,7 @@ def executor(launcher: LauncherConfig, log_dir: Path) -> submitit.AutoExecutor:
     setup = [
         f"export PYTHONPATH={shlex.quote(PACKAGE_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}",
         *(f"export {name}=${{SLURM_CPUS_PER_TASK:-1}}" for name in THREAD_VARIABLES),
+        *(f"export {name}=${{{name}:-{value}}}" for name, value in JOB_DEFAULTS.items()),
         *launcher.setup,
     ]
     executor.update_parameters(
