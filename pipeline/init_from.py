@@ -97,21 +97,33 @@ def model_weights(path: Path, value: str) -> dict[str, Tensor]:
 
 
 def mismatch(model: nn.Module, weights: dict[str, Tensor]) -> str | None:
-    """What keeps ``weights`` from loading into ``model`` strictly (one line); None if they fit."""
+    """What keeps ``weights`` from loading into ``model`` strictly (one line); None if they fit.
+
+    Keys are matched as ``load_state_dict`` matches them: after the modules' own renames of
+    older checkpoints (CHEAF's ``PyramidRefinement`` takes its keys from before its gates), so
+    weights that load are never refused. ``model`` is loaded with them as a side effect.
+    """
     own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    shapes = [
-        f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)
-    ]
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-        if keys:
-            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-            parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
-    return "; ".join(parts) or None
+    try:
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        shapes = [
+            f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+            for k in own
+            if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)
+        ]
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return _listed("shape", shapes) or (lines[1] if len(lines) > 1 else lines[0])
+    parts = [_listed("missing", result.missing_keys), _listed("unexpected", result.unexpected_keys)]
+    return "; ".join(p for p in parts if p) or None
+
+
+def _listed(label: str, keys: list[str]) -> str:
+    """``"N label: a, b, c (+k more)"``, or "" for no keys."""
+    if not keys:
+        return ""
+    more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+    return f"{len(keys)} {label}: {', '.join(keys[:3])}{more}"
 
 
 def check(config: dict[str, Any], tracking_uri: str) -> Path:

@@ -10,6 +10,7 @@ when set, so every run made before it existed keeps its identity.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from ablations.study import expand, load_study
 from pipeline.config import ConfigError, check_spec, make_spec, run_dir
+from pipeline.init_from import load_into
 from pipeline.run import build_detector, run
 from psalm.training import CHECKPOINT_NAME
 
@@ -119,3 +121,24 @@ def test_a_run_starts_from_a_finished_runs_weights_and_records_them(
     by_path = make_spec([*SMOKE, out, *still, f"init_from={source_file}"])
     assert by_path.config_hash != started.config_hash
     check_spec(by_path)
+
+
+def test_weights_saved_before_cheafs_gates_are_accepted_and_loaded(tmp_path: Path) -> None:
+    """A CHEAF checkpoint from before ``ChannelSpatialGate`` (keys ``pyramid_refinement.
+    channel_attention.{i}`` / ``spatial_attention.{i}``) loads through the module's own rename,
+    so ``init_from`` must not refuse it."""
+    config = make_spec(["model=cheaf", *SMOKE]).config
+    source = build_detector(config["model"], 3).state_dict()
+    gated = re.compile(r"pyramid_refinement\.gates\.(\d+)\.(channel_attention|spatial_attention)\.")
+    old = {gated.sub(r"pyramid_refinement.\2.\1.", k): v for k, v in source.items()}
+    assert any(".channel_attention.0." in k for k in old) and not any(".gates." in k for k in old)
+    path = tmp_path / "old" / CHECKPOINT_NAME
+    path.parent.mkdir()
+    torch.save({"model": old, "step": 0}, path)
+
+    spec = make_spec(["model=cheaf", *SMOKE, f"init_from={path}"])
+    check_spec(spec)  # accepted before dispatch
+    model = build_detector(config["model"], 0)
+    load_into(model, spec.config, "sqlite:///unused.db")  # a path source needs no tracking store
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, source[key]), key
