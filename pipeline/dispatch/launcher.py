@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.schema import LAUNCHER_KINDS as KINDS
 from pipeline.schema import LauncherConfig
+from psalm.benchmark import HUGE_PAGES_ENV
 
 __all__ = [
     "JOB_DEFAULTS",
@@ -36,7 +37,7 @@ THREAD_VARIABLES = (
 # re-allocated map in 2 MB at a time instead of 4 KB. Losses are bit-identical; a default PSALM
 # training step took ~10 % less and a test evaluation ~15 % less on this repository's CPU
 # (docs/results.md, "Huge pages").
-JOB_DEFAULTS = {"THP_MEM_ALLOC_ENABLE": "1"}
+JOB_DEFAULTS = {HUGE_PAGES_ENV: "1"}
 
 
 def job_defaults() -> dict[str, str]:
