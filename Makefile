@@ -101,7 +101,7 @@ completion: $(STAMP) ## Print the tab-completion script of the psalm-* commands 
 
 ##@ Models
 
-benchmark: $(STAMP) ## CHEAF vs PSALM: params, latency, memory, and the peer-comparable CPU setting (NCHW / channels-last, 1 and 2 threads); writes reports/benchmark.json
+benchmark: $(STAMP) ## CHEAF vs PSALM: params, latency, memory, and the peer-comparable CPU setting (NCHW / channels-last, 1 and 2 threads; CPU buffers on huge pages, ARGS=--cpu-pages=system for without); writes reports/benchmark.json
 	$(PY) -m psalm.benchmark $(ARGS)
 
 profile: $(STAMP) ## Time each part of a training step and a test evaluation (PSALM, CHEAF); writes reports/profile.{md,json}; run overrides via ARGS
