@@ -16,6 +16,8 @@ PROFILE ?= default
 LAUNCHER ?= local
 #? Data of the ablation targets: synthetic | video | coco (empty: conf/config.yaml's)
 DATA ?=
+#? Data every training cell first trains on, then fine-tunes on DATA from (e.g. synthetic; empty: one stage)
+PRETRAIN ?=
 #? Model a sweep tunes: psalm | cheaf (conf/sweep/<MODEL>.yaml)
 MODEL ?= psalm
 #? Optuna storage read by optuna-dashboard (a sweep's storage: setting)
@@ -116,8 +118,9 @@ evaluate: $(STAMP) ## Evaluate a trained run (COCO AP), overrides via ARGS
 ##@ Studies
 
 # DATA other than synthetic makes another study, <study>-<profile>-<DATA> (ablations/study.py);
-# DATA=video's is judged on ST-IoU, the drone-video metric (the study setting metric=)
-ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(DATA),data=$(DATA)) $(if $(filter video,$(DATA)),metric=test/st_iou)
+# DATA=video's is judged on ST-IoU, the drone-video metric (the study setting metric=);
+# PRETRAIN=synthetic trains each cell on the glyphs first, <study>-<profile>-<DATA>-from-synthetic
+ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(DATA),data=$(DATA)) $(if $(filter video,$(DATA)),metric=test/st_iou) $(if $(PRETRAIN),pretrain=$(PRETRAIN))
 ablation-pyramid: $(STAMP) ## Ablation study: no pyramid (main job); PROFILE, LAUNCHER
 	$(PY) -m ablations run pyramid profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
 

@@ -92,30 +92,33 @@ def _run(args: argparse.Namespace) -> int:
         from analysis.study_run import open_study_run
 
         open_study_run(plan.study, uri, {"metric": study.metric})
-    todo_train, todo_eval, finished, live = _pending(plan, tracker, args.force)
+    todo, finished, live = _pending(plan, tracker, args.force)
+    first_stage = ""
+    if plan.pretrain:
+        first_stage = f"{len(plan.pretrain)} first-stage run(s) on {study.pretrain}, then "
     log.info(
-        f"study {plan.study}: {len(plan.train)} training run(s), {len(plan.evaluate)} "
-        f"evaluation(s) over models {list(study.models)} × seeds {list(study.seeds)}; "
-        f"{finished} already finished"
+        f"study {plan.study}: {first_stage}{len(plan.train)} training run(s), "
+        f"{len(plan.evaluate)} evaluation(s) over models {list(study.models)} × seeds "
+        f"{list(study.seeds)}; {finished} already finished"
         + (f", {live} held by another process (waited for)" if live else "")
         + f", launcher {launcher.kind}; planned in {time.perf_counter() - t0:.1f}s"
     )
     folder = study_folder(plan.study, first.config["output_dir"])
-    if todo_train or todo_eval:
+    if any(todo.values()):
         try:
-            code = _dispatch_study(args, plan, launcher, folder, uri, todo_train, todo_eval)
+            code = _dispatch_study(args, plan, launcher, folder, uri, todo)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP to this process
             _interrupted(args, plan, tracker, str(exc) or "SIGINT")
             return 130
         if code is not None:
             return code
     missing = []
-    if todo_train or todo_eval:  # else every cell was found FINISHED above
+    if any(todo.values()):  # else every cell was found FINISHED above
         missing = [spec for spec in plan.all if tracker.state(spec.config_hash) != "finished"]
     if missing:
         log.error(
             f"study {plan.study} is not done: {len(missing)} of {len(plan.all)} cell(s) have no "
-            f"FINISHED run: {', '.join(_cell(s) for s in missing)}; run `{_command(args)}` "
+            f"FINISHED run: {', '.join(plan.cell(s) for s in missing)}; run `{_command(args)}` "
             "again to resume them"
         )
         return 1
@@ -130,20 +133,20 @@ def _dispatch_study(
     launcher: LauncherConfig,
     folder: Path,
     uri: str,
-    todo_train: list[RunSpec],
-    todo_eval: list[RunSpec],
+    todo: dict[str, list[RunSpec]],
 ) -> int | None:
-    """Dispatch the training phase, then the evaluation phase; None once both have ended, or
-    the exit code after a ``--no-wait`` submission. The driver owns the queue and the server:
-    they end with it (``pipeline.processes``)."""
+    """Dispatch each phase in turn (``Plan.phases``: a first stage, training, evaluation); None
+    once all have ended, or the exit code after a ``--no-wait`` submission of the first phase
+    with work. The driver owns the queue and the server: they end with it
+    (``pipeline.processes``)."""
     from pipeline.dispatch import dispatch
     from pipeline.mlflow_server import shared_tracking
     from pipeline.processes import owned_processes
     from pipeline.run import run
 
-    parallel = launcher.kind == "local" and len(todo_train) + len(todo_eval) > 1
+    parallel = launcher.kind == "local" and sum(len(specs) for specs in todo.values()) > 1
     with owned_processes(folder), shared_tracking(uri, parallel and not args.no_wait):
-        for phase, specs in (("training", todo_train), ("evaluation", todo_eval)):
+        for phase, specs in todo.items():
             if not specs:
                 continue
             log.info(f"{phase}: dispatching {len(specs)} run(s)")
@@ -156,11 +159,12 @@ def _dispatch_study(
                 wait=not args.no_wait,
             )
             if args.no_wait:
+                later = [p for p, rest in list(todo.items())[list(todo).index(phase) + 1 :] if rest]
                 print(
                     f"submitted; follow with `python -m ablations status {plan.study}`"
                     + (
-                        "; run the same command again afterwards for the evaluation arms"
-                        if todo_eval and phase == "training"
+                        f"; run the same command again afterwards for the {' and '.join(later)}"
+                        if later
                         else ""
                     ),
                     flush=True,
@@ -177,7 +181,7 @@ def _cell_configs(plan: Plan) -> dict[str, dict[str, object]]:
     from pipeline.config import NON_IDENTITY_KEYS, flatten
 
     return {
-        _cell(spec): {
+        plan.cell(spec): {
             key: value
             for key, value in flatten(spec.config).items()
             if key.split(".", 1)[0] not in NON_IDENTITY_KEYS
@@ -252,10 +256,6 @@ def _command(args: argparse.Namespace) -> str:
     return resume or shlex.join(["python", "-m", "ablations", "run", args.name, *args.overrides])
 
 
-def _cell(spec: RunSpec) -> str:
-    return f"{spec.label}" + (f" ({spec.eval_mode} eval)" if spec.kind == "eval" else "")
-
-
 def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[str]) -> int:
     """``seeds=auto``: run the study in rounds, adding seeds to the models with an unsettled
     verdict, until every judged arm is settled or has ``seeds_max`` seeds
@@ -265,7 +265,7 @@ def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[st
     Each round is an ordinary ``run`` with explicit ``models=`` and ``seeds=``; finished runs
     are never repeated, so an interrupted adaptive study resumes where it stopped.
     """
-    from ablations.study import STUDY_KEYS, expand, model_name
+    from ablations.study import expand, model_name
     from analysis import analyze_study
     from analysis.sequential import SeedSchedule
     from analysis.study_run import design_params, open_study_run, publish_study
@@ -282,7 +282,8 @@ def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[st
     Tracker(uri, plan.all[0].config["tracking"]["experiment"])  # creates the store if new
     metric = {"metric": study.metric} if study.metric else {}
     open_study_run(plan.study, uri, {**design_params(schedule), **metric})
-    others = [o for o in study_overrides if o.split("=", 1)[0] not in STUDY_KEYS]
+    # each round names its own models and seeds; the other study settings carry over
+    others = [o for o in study_overrides if o.split("=", 1)[0] in ("metric", "pretrain")]
     seeds = {model: schedule.seeds_start for model in study.models}
     resume = _command(args)  # an interrupted round resumes the whole adaptive study
     first = schedule.first_decisive_look()
@@ -323,14 +324,16 @@ def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[st
     return 0
 
 
-def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[list, list, int, int]:
-    """The specs still to run, the number FINISHED and the number held by a live process (those
-    are dispatched too: their job waits for the cell's lease, then finds the run finished);
-    ``force`` retires FINISHED runs (deleted in MLflow, restorable)."""
+def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[dict[str, list], int, int]:
+    """The specs still to run per phase, the number FINISHED and the number held by a live
+    process (those are dispatched too: their job waits for the cell's lease, then finds the run
+    finished); ``force`` retires FINISHED runs (deleted in MLflow, restorable). A FINISHED run
+    joins the study it is labelled with: a first-stage run its own data's study, not this one."""
     from pipeline.config import run_dir
 
-    train, evaluate, finished, live = [], [], 0, 0
-    for spec in plan.all:
+    todo: dict[str, list] = {phase: [] for phase, _ in plan.phases()}
+    finished, live = 0, 0
+    for phase, spec in [(phase, spec) for phase, specs in plan.phases() for spec in specs]:
         state = tracker.state(spec.config_hash, run_dir(spec))
         if state == "finished" and force:
             tracker.retire(spec.config_hash)
@@ -339,12 +342,13 @@ def _pending(plan: Plan, tracker: Tracker, force: bool) -> tuple[list, list, int
                 folder.rename(folder.with_name(f"{folder.name}.retired-{int(time.time())}"))
             state = "new"
         if state == "finished":
-            tracker.join_study(spec.config_hash, plan.study, spec.tags()["ablation"])
+            tags = spec.tags()
+            tracker.join_study(spec.config_hash, tags["study"], tags["ablation"])
             finished += 1
             continue
         live += state == "live"
-        (evaluate if spec.kind == "eval" else train).append(spec)
-    return train, evaluate, finished, live
+        todo[phase].append(spec)
+    return todo, finished, live
 
 
 def print_results(study: str, uri: str) -> None:

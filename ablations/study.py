@@ -16,11 +16,20 @@ Baselines are shared: a baseline (model × seed × profile) appears once per stu
 every ablation it serves (tag ``ablation=conv,pyramid,support`` in the ``all`` study), and each
 variant pairs with it by seed. Expansion validates every spec (composition, values, data paths)
 before anything is dispatched, so a bad study fails whole and early.
+
+``pretrain=<data>`` (a study setting; ``make ablation-support DATA=video PRETRAIN=synthetic``)
+trains in two stages, as the report's source project does: every training cell (baseline and
+train-time arm) first trains on ``<data>`` with the same model, arm, seed and run overrides
+(``data.*`` overrides excepted), then fine-tunes on the study's data from those weights
+(``init_from=<the first stage's config hash>``). The first-stage runs are the ``<data>`` study's
+own cells (tag ``study``, e.g. ``support-default``), so a study already run there is reused and
+never trained again; the staged study is ``<name>-<profile>-<data>-from-<pretrain>``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +43,8 @@ from pipeline.config import (
     REPO_ROOT,
     ConfigError,
     RunSpec,
+    check_data,
     check_init_from,
-    check_spec,
     compose_config,
     group_options,
     make_spec,
@@ -46,7 +55,7 @@ from pipeline.config import (
 STUDY_DIR = CONF_DIR / "ablation"
 ALL = "all"  # the union of every study file, with shared baselines
 # study-level overrides; every other override is per run
-STUDY_KEYS = ("models", "seeds", "seeds_max", "seeds_batch", "metric")
+STUDY_KEYS = ("models", "seeds", "seeds_max", "seeds_batch", "metric", "pretrain")
 AUTO = "auto"
 
 
@@ -65,6 +74,7 @@ class Study:
     parts: dict[str, dict[str, str]] = field(default_factory=dict)  # arm → model → part
     schedule: SeedSchedule | None = None  # seeds=auto: how seeds are added; None: fixed seeds
     metric: str | None = None  # judged on this (test/st_iou); None: conf/expectations.yaml's
+    pretrain: str | None = None  # data every training cell trains on first; None: one stage
 
     def part_for(self, arm: str, model: str) -> str | None:
         """The part ``arm`` removes from ``model`` (one of ``analysis.arms.PARTS``), if known."""
@@ -161,6 +171,12 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
     models, seeds = list(models), [int(s) for s in seeds]
     if not models or not seeds:
         raise ConfigError(f"study {name!r} needs at least one model and one seed")
+    pretrain = overrides.get("pretrain")
+    if pretrain is not None and pretrain not in group_options("data"):
+        raise ConfigError(
+            f"pretrain={pretrain}: not a data option; use one of {group_options('data')} (the data "
+            "every training cell first trains on)"
+        )
     return Study(
         name=name,
         models=tuple(models),
@@ -173,6 +189,7 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
         parts=parts,
         schedule=schedule,
         metric=metric,
+        pretrain=pretrain,
     )
 
 
@@ -188,6 +205,8 @@ def study_id(study: Study, run_overrides: Sequence[str]) -> str:
     data = probe.config.get("data", {}).get("name", "synthetic")
     if data != "synthetic":  # the same study on other data is another study
         sid = f"{sid}-{data}"
+    if study.pretrain:  # so is the same study fine-tuned from a first stage
+        sid = f"{sid}-from-{study.pretrain}"
     # a tuned model file (e.g. psalm_tuned from a sweep) makes another study, not more seeds
     tuned = [m for m in study.models if m != model_name(m)]
     return "-".join([sid, *tuned])
@@ -204,35 +223,81 @@ def _without_study(overrides: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Plan:
-    """The expanded study: training specs, then evaluation specs (which need trained baselines)."""
+    """The expanded study: the first stage's training specs (``pretrain=``), the training specs,
+    then the evaluation specs (which need trained baselines); each phase needs the one before."""
 
     study: str
     train: tuple[RunSpec, ...]
     evaluate: tuple[RunSpec, ...]
+    pretrain: tuple[RunSpec, ...] = ()
 
     @property
     def all(self) -> tuple[RunSpec, ...]:
-        return self.train + self.evaluate
+        return self.pretrain + self.train + self.evaluate
+
+    def phases(self) -> tuple[tuple[str, tuple[RunSpec, ...]], ...]:
+        """(phase name, its specs) in the order they must run."""
+        return (
+            ("pretraining", self.pretrain),
+            ("training", self.train),
+            ("evaluation", self.evaluate),
+        )
+
+    def cell(self, spec: RunSpec) -> str:
+        """The cell's name in messages and ``cells.json``: model/arm/seed, the evaluation mode,
+        and the data of a first-stage run (which shares the rest with the cell it starts)."""
+        name = spec.label + (f" ({spec.eval_mode} eval)" if spec.kind == "eval" else "")
+        if any(spec.config_hash == s.config_hash for s in self.pretrain):
+            name += f" (pretraining on {spec.config['data']['name']})"
+        return name
 
 
 def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
     """Every run spec of the study, validated. Raises ``ConfigError`` naming the bad cell."""
     sid = study_id(study, run_overrides)
     base_overrides = [*_without_study(run_overrides), f"label.study={sid}"]
+    first_stage = _first_stage_overrides(study, run_overrides) if study.pretrain else None
+    pretrain: list[RunSpec] = []
     train: list[RunSpec] = []
     evaluate: list[RunSpec] = []
     errors: list[str] = []
     spec_for = SeedComposer()  # one Hydra composition per cell, not per cell and seed
+
+    def training_cell(head: list[str], arm: Sequence[str], labels: list[str]) -> RunSpec:
+        """The cell's spec (the arm's overrides win over the run overrides), checked (its data
+        once per model and seed, at the baseline); with ``pretrain=``, after its first stage's
+        (appended to ``pretrain``), whose weights it starts from."""
+        baseline = not arm
+        if first_stage is None:
+            spec = spec_for([*head, *base_overrides, *arm, *labels])
+            if baseline:
+                check_data(spec)
+            check_init_from(spec)  # an arm's model must fit the init_from weights too
+            return spec
+        stage = spec_for([*head, *first_stage, *arm, *labels])
+        start = f"init_from='{stage.config_hash}'"
+        spec = spec_for([*head, *base_overrides, *arm, *labels, start])
+        if stage.config["model"] != spec.config["model"]:  # data overrides that reach the model
+            raise ConfigError(
+                f"its model differs between pretrain={study.pretrain} and the study's data, so "
+                "the first stage's weights could not be its start"
+            )
+        if baseline:  # no init_from check: the first stage's weights exist once it has run
+            check_data(stage)
+            check_data(spec)
+        pretrain.append(stage)
+        return spec
+
     for model in study.models:
         model_variants = study.variants.get(model_name(model), {})
         baseline_ablations = ",".join(study.ablations)
         for seed in study.seeds:
-            common = [f"model={model}", f"seed={seed}", *base_overrides]
+            head = [f"model={model}", f"seed={seed}"]
+            common = [*head, *base_overrides]
             try:
-                baseline = spec_for(
-                    [*common, f"label.ablation='{baseline_ablations}'", "label.arm=baseline"]
+                baseline = training_cell(
+                    head, [], [f"label.ablation='{baseline_ablations}'", "label.arm=baseline"]
                 )
-                check_spec(baseline)
             except (ConfigError, ValueError, OSError) as exc:
                 errors.append(f"{model}/baseline/seed{seed}: {exc}")
                 continue
@@ -240,11 +305,10 @@ def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
             for arm, ovr in model_variants.items():
                 ablation = study.arm_ablation[arm]
                 try:
-                    spec = spec_for(
-                        [*common, *ovr, f"label.ablation={ablation}", f"label.arm={arm}"]
+                    spec = training_cell(
+                        head, ovr, [f"label.ablation={ablation}", f"label.arm={arm}"]
                     )
-                    check_init_from(spec)  # an arm's model must fit the weights too
-                except (ConfigError, ValueError) as exc:
+                except (ConfigError, ValueError, OSError) as exc:
                     errors.append(f"{model}/{arm}/seed{seed}: {exc}")
                     continue
                 if spec.config_hash == baseline.config_hash:
@@ -267,7 +331,37 @@ def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
             f"study {study.name!r}: {len(errors)} invalid run(s), nothing dispatched:\n  - "
             + "\n  - ".join(errors)
         )
-    return Plan(study=sid, train=tuple(train), evaluate=tuple(evaluate))
+    return Plan(study=sid, train=tuple(train), evaluate=tuple(evaluate), pretrain=tuple(pretrain))
+
+
+def _first_stage_overrides(study: Study, run_overrides: Sequence[str]) -> list[str]:
+    """The run overrides of ``pretrain=``'s first stage: the study's, on the pretrain data and
+    without ``data.*`` overrides, labelled as that data's own study (``support-default``; with
+    an explicit ``label.study=X``, ``X-<pretrain>``)."""
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in run_overrides]
+    if "init_from" in keys:
+        raise ConfigError(
+            f"pretrain={study.pretrain} and init_from= both say where training starts; give one"
+        )
+    kept = [
+        o
+        for o, key in zip(run_overrides, keys, strict=True)
+        if key != "data" and not key.startswith("data.") and key != "label.study"
+    ]
+    overrides = [*kept, f"data={study.pretrain}"]
+    probe = make_spec([f"model={study.models[0]}", *overrides])
+    study_data = make_spec([f"model={study.models[0]}", *_without_study(run_overrides)])
+    if probe.config["data"]["name"] == study_data.config["data"]["name"]:
+        raise ConfigError(
+            f"pretrain={study.pretrain}: the study's own data is {study.pretrain}; the first stage "
+            "must be other data (e.g. data=video pretrain=synthetic)"
+        )
+    explicit = [o.split("=", 1)[1] for o in run_overrides if o.startswith("label.study=")]
+    if explicit:
+        stage_id = f"{explicit[-1]}-{study.pretrain}"
+    else:
+        stage_id = study_id(dataclasses.replace(study, pretrain=None), overrides)
+    return [*overrides, f"label.study={stage_id}"]
 
 
 class SeedComposer:

@@ -228,14 +228,19 @@ def run_dir(spec: RunSpec) -> Path:
 
 def check_spec(spec: RunSpec) -> None:
     """Checks that need more than the config (data files, K shots per class, the ``init_from``
-    weights); run before dispatching, so that a bad study fails before any job starts. Synthetic
-    data needs none, so only COCO and video data load torch (``pipeline.run.build_data``)."""
+    weights); run before dispatching, so that a bad study fails before any job starts."""
+    check_data(spec)
+    check_init_from(spec)
+
+
+def check_data(spec: RunSpec) -> None:
+    """The run's data files exist, parse and have K shots per class. Synthetic data needs no
+    check, so only COCO and video data load torch (``pipeline.run.build_data``)."""
     data_cfg = spec.config["data"]
     if data_cfg["name"] in ("coco", "video"):  # video: also decodes each video once (cache)
         from pipeline.run import build_data
 
         build_data(data_cfg).validate(spec.config["train"]["shots"])
-    check_init_from(spec)
 
 
 def check_init_from(spec: RunSpec) -> None:

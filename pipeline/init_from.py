@@ -7,6 +7,10 @@ videos. Here that is, for example, a run on the glyph benchmark and then
 - an MLflow run id (32 hex digits) of a FINISHED training run in the tracking store: its
   ``checkpoint/checkpoint.pt`` artifact, downloaded once into ``<output_dir>/init-from/<run id>/``
   (so it works against a remote MLflow server too);
+- a config hash (16 hex digits, tag ``config_hash``) of a FINISHED training run in the store: its
+  checkpoint in ``<output_dir>/<config hash>/`` when that folder is here, else its artifact as
+  above. A staged study (``ablations``' ``pretrain=``) names its first stage this way, since the
+  hash is known before that run exists;
 - a checkpoint file this project wrote (``runs/<config hash>/checkpoint.pt``), or the run folder
   that holds one.
 
@@ -35,22 +39,54 @@ if TYPE_CHECKING:  # torch is imported only where weights are read
 
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"  # where pipeline.run logs a run's final weights
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
+_CONFIG_HASH = re.compile(r"[0-9a-f]{16}")
 
 
-def checkpoint_path(value: str, tracking_uri: str, output_dir: str) -> Path:
+def checkpoint_path(value: str, config: dict[str, Any], tracking_uri: str) -> Path:
     """The local checkpoint file ``value`` names (downloading an MLflow run's artifact once);
-    ``ConfigError`` saying what is wrong otherwise."""
+    ``ConfigError`` saying what is wrong otherwise. ``config`` is the run's: where its store's
+    experiment and its output folder are."""
+    output_dir = Path(config["output_dir"])
     if _RUN_ID.fullmatch(value) and not Path(value).exists():
-        return _from_mlflow(value, tracking_uri, Path(output_dir) / "init-from" / value)
+        return _from_mlflow(value, tracking_uri, output_dir / "init-from" / value)
+    if _CONFIG_HASH.fullmatch(value) and not Path(value).exists():
+        return _from_config_hash(value, config, tracking_uri)
     path = Path(value).expanduser()
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise ConfigError(
             f"init_from={value}: no checkpoint there (give a checkpoint.pt, the run folder that "
-            "holds one, or an MLflow run id)"
+            "holds one, an MLflow run id or a run's config hash)"
         )
     return path.resolve()
+
+
+def _from_config_hash(value: str, config: dict[str, Any], tracking_uri: str) -> Path:
+    """The checkpoint of the newest run tagged ``config_hash=value``, which must be FINISHED: the
+    one in its own folder when that is here (``pipeline.config.run_dir``), else its artifact."""
+    from pipeline.config import RunSpec, run_dir
+    from pipeline.tracking import Tracker
+
+    run = Tracker(tracking_uri, config["tracking"]["experiment"]).find(value)
+    if run is None:
+        raise ConfigError(
+            f"init_from={value}: no run with config hash {value} in {tracking_uri} (experiment "
+            f"{config['tracking']['experiment']!r})"
+        )
+    _require_finished(value, run)
+    local = run_dir(RunSpec(config=config, config_hash=value)) / Path(CHECKPOINT_ARTIFACT).name
+    if local.is_file():
+        return local.resolve()
+    return _from_mlflow(run.info.run_id, tracking_uri, local.parent.parent / "init-from" / value)
+
+
+def _require_finished(value: str, run: Any) -> None:
+    if run.info.status != "FINISHED":
+        raise ConfigError(
+            f"init_from={value}: the run is {run.info.status}, not FINISHED; its weights are "
+            "not final"
+        )
 
 
 def _from_mlflow(run_id: str, tracking_uri: str, folder: Path) -> Path:
@@ -65,11 +101,7 @@ def _from_mlflow(run_id: str, tracking_uri: str, folder: Path) -> Path:
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(f"init_from={run_id}: no such run in {tracking_uri}") from None
-    if run.info.status != "FINISHED":
-        raise ConfigError(
-            f"init_from={run_id}: the run is {run.info.status}, not FINISHED; its weights are "
-            "not final"
-        )
+    _require_finished(run_id, run)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, str(folder))
@@ -131,7 +163,7 @@ def check(config: dict[str, Any], tracking_uri: str) -> Path:
     from pipeline.run import build_detector
 
     value = config["init_from"]
-    path = checkpoint_path(value, tracking_uri, config["output_dir"])
+    path = checkpoint_path(value, config, tracking_uri)
     problem = mismatch(build_detector(config["model"], config["seed"]), model_weights(path, value))
     if problem:
         raise ConfigError(
@@ -144,7 +176,7 @@ def check(config: dict[str, Any], tracking_uri: str) -> Path:
 def load_into(model: nn.Module, config: dict[str, Any], tracking_uri: str) -> dict[str, str]:
     """Load the ``init_from`` weights into ``model``; the MLflow tags that record them."""
     value = config["init_from"]
-    path = checkpoint_path(value, tracking_uri, config["output_dir"])
+    path = checkpoint_path(value, config, tracking_uri)
     model.load_state_dict(model_weights(path, value))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return {"init_from": value, "init_from_sha256": digest}
