@@ -159,7 +159,8 @@ def _dispatch_study(
                 wait=not args.no_wait,
             )
             if args.no_wait:
-                later = [p for p, rest in list(todo.items())[list(todo).index(phase) + 1 :] if rest]
+                phases = list(todo)
+                later = [p for p in phases[phases.index(phase) + 1 :] if todo[p]]
                 print(
                     f"submitted; follow with `python -m ablations status {plan.study}`"
                     + (
