@@ -88,10 +88,10 @@ def _run(args: argparse.Namespace) -> int:
     launcher = LauncherConfig.from_mapping(first.config["launcher"])
     uri = tracking_uri(first.config["tracking"]["uri"])
     tracker = Tracker(uri, first.config["tracking"]["experiment"])
-    if study.metric:  # the study's parent run says what its verdicts are judged on
+    if _settings(study):  # the study's parent run says what it is judged on, how it trained
         from analysis.study_run import open_study_run
 
-        open_study_run(plan.study, uri, {"metric": study.metric})
+        open_study_run(plan.study, uri, _settings(study))
     todo, finished, live = _pending(plan, tracker, args.force)
     first_stage = ""
     if plan.pretrain:
@@ -125,6 +125,12 @@ def _run(args: argparse.Namespace) -> int:
     log.info(f"study {plan.study} done in {time.perf_counter() - t0:.0f}s")
     print_results(plan.study, uri)
     return 0
+
+
+def _settings(study) -> dict[str, str]:
+    """The study settings its MLflow parent run records as tags: ``metric`` (what the verdicts
+    are judged on) and ``pretrain`` (the data of a first training stage), where set."""
+    return {key: getattr(study, key) for key in ("metric", "pretrain") if getattr(study, key)}
 
 
 def _dispatch_study(
@@ -281,8 +287,7 @@ def run_adaptive(args, study, study_overrides: list[str], run_overrides: list[st
     plan = expand(study, run_overrides)
     uri = tracking_uri(plan.all[0].config["tracking"]["uri"])
     Tracker(uri, plan.all[0].config["tracking"]["experiment"])  # creates the store if new
-    metric = {"metric": study.metric} if study.metric else {}
-    open_study_run(plan.study, uri, {**design_params(schedule), **metric})
+    open_study_run(plan.study, uri, {**design_params(schedule), **_settings(study)})
     # each round names its own models and seeds; the other study settings carry over
     others = [o for o in study_overrides if o.split("=", 1)[0] in ("metric", "pretrain")]
     seeds = {model: schedule.seeds_start for model in study.models}

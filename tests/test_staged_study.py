@@ -120,6 +120,7 @@ def test_a_staged_support_study_runs_its_stages_in_order_and_once(
     video: list[str], tmp_path: Path, tmp_mlflow_uri: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     from analysis import load_runs
+    from analysis.study_run import find_study_run
 
     out = tmp_path / "runs"
     argv = [
@@ -135,10 +136,12 @@ def test_a_staged_support_study_runs_its_stages_in_order_and_once(
     ]
     assert _run_study(argv, tmp_path) == 0
     client = MlflowClient(tmp_mlflow_uri)
-    runs = {
-        (r.data.tags["study"], r.data.tags["arm"]): r
-        for r in client.search_runs([client.get_experiment_by_name("psalm").experiment_id])
-    }
+    experiment = client.get_experiment_by_name("psalm").experiment_id
+
+    def cells() -> list:  # training and evaluation runs, not the study's parent run
+        return [r for r in client.search_runs([experiment]) if r.data.tags["kind"] != "study"]
+
+    runs = {(r.data.tags["study"], r.data.tags["arm"]): r for r in cells()}
     staged = "support-smoke-video-from-synthetic"
     arms = ("baseline", "support_bypass", "support_none", "support_shuffled")
     assert sorted(runs) == sorted([("support-smoke", "baseline")] + [(staged, a) for a in arms])
@@ -161,13 +164,14 @@ def test_a_staged_support_study_runs_its_stages_in_order_and_once(
     assert _run_study(argv, tmp_path) == 0
     assert "5 already finished" in caplog.text, caplog.text
     assert "dispatching" not in caplog.text
-    assert len(client.search_runs([first.info.experiment_id])) == 5
+    assert len(cells()) == 5
     # the staged study's analysis sees its own runs only (the first stage, found FINISHED, was
     # not joined to it), the glyph study only the first stage
     assert sorted(load_runs(staged, tmp_mlflow_uri)["run_id"]) == sorted(
         r.info.run_id for (study, _), r in runs.items() if study == staged
     )
     assert list(load_runs("support-smoke", tmp_mlflow_uri)["run_id"]) == [first.info.run_id]
+    assert find_study_run(staged, tmp_mlflow_uri).data.tags["pretrain"] == "synthetic"
 
 
 @pytest.mark.slow
