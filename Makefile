@@ -16,8 +16,9 @@ PROFILE ?= default
 LAUNCHER ?= local
 #? Data of the ablation targets: synthetic | video | coco (empty: conf/config.yaml's)
 DATA ?=
-#? Data every training cell first trains on, then fine-tunes on DATA from (e.g. synthetic; empty: one stage)
-PRETRAIN ?=
+#? Data each training cell trains on before DATA: synthetic | none (one stage) | auto (synthetic for DATA=video)
+PRETRAIN ?= auto
+PRETRAIN_DATA = $(if $(filter auto,$(PRETRAIN)),$(if $(filter video,$(DATA)),synthetic),$(filter-out none,$(PRETRAIN)))
 #? Model a sweep tunes: psalm | cheaf (conf/sweep/<MODEL>.yaml)
 MODEL ?= psalm
 #? Optuna storage read by optuna-dashboard (a sweep's storage: setting)
@@ -119,8 +120,9 @@ evaluate: $(STAMP) ## Evaluate a trained run (COCO AP), overrides via ARGS
 
 # DATA other than synthetic makes another study, <study>-<profile>-<DATA> (ablations/study.py);
 # DATA=video's is judged on ST-IoU, the drone-video metric (the study setting metric=);
-# PRETRAIN=synthetic trains each cell on the glyphs first, <study>-<profile>-<DATA>-from-synthetic
-ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(DATA),data=$(DATA)) $(if $(filter video,$(DATA)),metric=test/st_iou) $(if $(PRETRAIN),pretrain=$(PRETRAIN))
+# and trained in two stages, as the source project trains: each cell on the glyphs first, then on
+# the videos from those weights (<study>-<profile>-video-from-synthetic; PRETRAIN=none: one stage)
+ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(DATA),data=$(DATA)) $(if $(filter video,$(DATA)),metric=test/st_iou) $(if $(PRETRAIN_DATA),pretrain=$(PRETRAIN_DATA))
 ablation-pyramid: $(STAMP) ## Ablation study: no pyramid (main job); PROFILE, LAUNCHER
 	$(PY) -m ablations run pyramid profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
 

@@ -11,7 +11,9 @@ setting that cannot work is refused before anything is dispatched.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -193,3 +195,33 @@ def test_init_from_a_config_hash_finds_the_runs_checkpoint_here_or_in_mlflow(
     fetched = checkpoint_path(source.config_hash, started.config, tmp_mlflow_uri)
     assert fetched != local.resolve() and fetched.is_file()
     assert fetched.read_bytes() == (tmp_path / "moved" / CHECKPOINT_NAME).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        (["DATA=video"], "pretrain=synthetic"),  # the videos train in two stages by default
+        (["DATA=video", "PRETRAIN=none"], None),
+        (["DATA=synthetic"], None),
+        ([], None),
+        (["DATA=coco", "PRETRAIN=synthetic"], "pretrain=synthetic"),
+    ],
+)
+def test_make_trains_video_studies_in_two_stages_unless_told_otherwise(
+    variables: list[str], expected: str | None
+) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS", "DATA", "PRETRAIN")  # as a user types it
+    env = {k: v for k, v in os.environ.items() if k not in outer}
+    out = subprocess.run(
+        ["make", "-n", "--no-print-directory", "ablation-support", *variables],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    command = next(line for line in out.splitlines() if "-m ablations run support" in line)
+    pretrain = [word for word in command.split() if word.startswith("pretrain=")]
+    assert pretrain == ([expected] if expected else []), command
