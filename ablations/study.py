@@ -349,9 +349,8 @@ def _first_stage_overrides(study: Study, run_overrides: Sequence[str]) -> list[s
         if key != "data" and not key.startswith("data.") and key != "label.study"
     ]
     overrides = [*kept, f"data={study.pretrain}"]
-    probe = make_spec([f"model={study.models[0]}", *overrides])
     study_data = make_spec([f"model={study.models[0]}", *_without_study(run_overrides)])
-    if probe.config["data"]["name"] == study_data.config["data"]["name"]:
+    if study_data.config["data"]["name"] == study.pretrain:  # a data option names its data
         raise ConfigError(
             f"pretrain={study.pretrain}: the study's own data is {study.pretrain}; the first stage "
             "must be other data (e.g. data=video pretrain=synthetic)"
