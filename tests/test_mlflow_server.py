@@ -111,3 +111,48 @@ def test_a_process_killed_while_creating_a_store_leaves_no_broken_store(tmp_path
     assert not db.exists()  # only the temporary file was written, and it is never used
     tracker = Tracker(uri)
     assert MlflowClient(uri).get_experiment(tracker.experiment_id).name == "psalm"
+
+
+# The variables under which MLflow switches its telemetry off by itself (pytest sets the first):
+# a process started without them behaves as a user's would.
+_TELEMETRY_OFF_BY_ITSELF = (
+    "PYTEST_CURRENT_TEST",
+    "CI",
+    "GITHUB_ACTIONS",
+    "MLFLOW_DISABLE_TELEMETRY",
+)
+
+
+def _outside_pytest(extra: dict[str, str] | None = None) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in _TELEMETRY_OFF_BY_ITSELF}
+    return {**env, **(extra or {})}
+
+
+def test_mlflow_telemetry_is_off_in_our_processes_unless_the_shell_turns_it_on() -> None:
+    """MLflow's telemetry thread races our requests for os.environ when it cannot reach the
+    internet (pipeline/__init__.py): our processes start it switched off, and leave a user's own
+    setting alone."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, pipeline.tracking\n"
+        "from mlflow.telemetry.client import get_telemetry_client\n"
+        "print(os.environ.get('MLFLOW_DISABLE_TELEMETRY'), get_telemetry_client() is None)\n"
+    )
+    ours = subprocess.run(
+        [sys.executable, "-c", probe], env=_outside_pytest(), capture_output=True, text=True
+    )
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.split() == ["true", "True"]
+
+    setting = "import os, pipeline; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
+    users = subprocess.run(
+        [sys.executable, "-c", setting],
+        env=_outside_pytest({"MLFLOW_DISABLE_TELEMETRY": "false"}),
+        capture_output=True,
+        text=True,
+    )
+    assert users.stdout.strip() == "false", users.stderr
