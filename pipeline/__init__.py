@@ -8,6 +8,6 @@ import os
 # telemetry config from the internet. Where that fails (an offline node) the thread deletes
 # _MLFLOW_TELEMETRY_SESSION_ID from os.environ, while the main thread may be iterating os.environ
 # inside `requests`. One evaluation job of a study died of it: "API request to …/runs/log-batch
-# failed with exception '_MLFLOW_TELEMETRY_SESSION_ID'" (docs/results.md, 2026-11-30). Tests never
+# failed with exception '_MLFLOW_TELEMETRY_SESSION_ID'" (docs/design.md, 2026-11-30). Tests never
 # saw it, because MLflow switches telemetry off under pytest and CI.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
