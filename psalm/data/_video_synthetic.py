@@ -42,7 +42,7 @@ from psalm.data._assets import default_cache_dir
 from psalm.data._canvas import Placed, RandomStream
 from psalm.data._synthetic import SyntheticGlyphs
 
-_VERSION = 1  # bump when anything below changes what is written
+_VERSION = 2  # bump when anything below changes what is written (2: deterministic x264)
 _VIDEO_TAG, _REF_TAG = 31, 32
 
 
@@ -240,12 +240,22 @@ def _intervals(boxes: dict[int, list[int]]) -> list[dict]:
 
 
 def _encode(path: Path, frames: np.ndarray, fps: int) -> None:
-    """H.264 (yuv420p) on one encoder thread, so the bytes do not depend on the machine."""
+    """H.264 (yuv420p) on one encoder thread, so the bytes do not depend on the machine.
+
+    ``asm=0`` (x264's plain C code): with its SIMD code the same frames encoded twice in one
+    process gave different bytes (3 variants in 100 encodes of 24 frames, PyAV 18.1 with libx264,
+    decoded pixels up to 39 levels apart; ``sync-lookahead=0`` did not help); without it, 1
+    variant in 100. Encoding takes about 2.5x as long, a few seconds for the whole benchmark."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "16", "preset": "veryfast", "threads": "1"}
+        stream.options = {
+            "crf": "16",
+            "preset": "veryfast",
+            "threads": "1",
+            "x264-params": "asm=0",
+        }
         for image in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             for packet in stream.encode(frame):
