@@ -83,6 +83,24 @@ def test_the_schema_knows_every_fusion_module() -> None:
     assert set(MODELS) == set(ABLATION_FLAGS) == set(FUSION_MODULES)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_the_paper_profile_builds_the_reports_widths_and_the_laptop_profile_halves_them(
+    model: str,
+) -> None:
+    """``make benchmark`` and ``profile=paper`` test the report's configuration; the laptop
+    study (``profile=default``, README: Profiles) runs both fusion modules at half its widths."""
+    from psalm.benchmark import OUT_CHANNELS
+
+    paper = make_spec([f"model={model}", "profile=paper"]).config["model"]
+    assert (paper["out_channels"], paper["head_channels"]) == (OUT_CHANNELS, 64)
+    laptop = make_spec([f"model={model}"]).config["model"]
+    assert laptop["out_channels"] == [c // 2 for c in OUT_CHANNELS]
+    assert laptop["head_channels"] == 32
+    # a run override still wins over the profile
+    restored = make_spec([f"model={model}", "model.out_channels=[128,256,512,512]"])
+    assert restored.config["model"]["out_channels"] == OUT_CHANNELS
+
+
 def _saved_before_the_added_keys(overrides: list[str]) -> dict:
     """A config as an old version saved it: today's, less every key added since."""
     config = make_spec(overrides).config
