@@ -10,7 +10,8 @@
 ``run`` validates the sweep (``conf/sweep/<name>.yaml``, see ``sweeps.config``), then asks Optuna
 for trials and dispatches each as a job (``launcher=debug|local|slurm``, ``workers`` at once),
 prints a status line as trials end, and at the end the trial table, the share of trial-steps
-pruning saved, and the best configuration, exported as a model config file. Run the same command
+pruning saved, and the best configuration against trial 0 (the run config's own values, unless
+``baseline=false``), exported as a model config file. Run the same command
 again after a kill to resume. Settings of the sweep (``trials=``, ``workers=``, ``sampler.*``,
 ``pruner.*``, ``space.*``, ``storage=``, ``export=``, …) change the sweep; every other override
 goes to each trial's run.
@@ -60,6 +61,9 @@ def _run(args: argparse.Namespace) -> int:
         summary = drive(sweep, wait=not args.no_wait)
     if args.no_wait:
         return 0
+    from sweeps.study import open_storage, open_study
+
+    print("\n" + trial_table(sweep, open_study(sweep, open_storage(sweep)).get_trials()))
     _print_summary(sweep, summary)
     if summary.best_trial is None:
         print(f"error: {_why_no_result(sweep)}", file=sys.stderr, flush=True)
@@ -121,6 +125,23 @@ def _print_summary(sweep: Sweep, summary: Summary) -> None:
         print(
             f"best {sweep.metric} {summary.best_value:.4f} (trial {summary.best_trial}): {params}"
         )
+    print(_against_baseline(sweep, summary))
+
+
+def _against_baseline(sweep: Sweep, summary: Summary) -> str:
+    """How the best trial compares with the run config's own values (trial 0)."""
+    if summary.baseline_state is None:
+        return "no trial ran the run config's own values (baseline): nothing to compare with"
+    if summary.baseline_value is None:
+        return (
+            f"the run config's own values (trial 0) are {summary.baseline_state}: "
+            "no value to compare the best with"
+        )
+    start = f"the run config's own values (trial 0): {sweep.metric} {summary.baseline_value:.4f}"
+    if summary.best_trial == 0 or summary.best_value == summary.baseline_value:
+        return f"{start}, the best: the sweep found nothing better"
+    gain = summary.best_value - summary.baseline_value
+    return f"{start}; the best differs by {gain:+.4f} (one seed each: compare over seeds)"
 
 
 def trial_table(sweep: Sweep, trials) -> str:
@@ -135,6 +156,8 @@ def trial_table(sweep: Sweep, trials) -> str:
             f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
             for k, v in t.params.items()
         )
+        if t.user_attrs.get("baseline"):
+            note += "  [baseline: the run config's own values]"
         for key in ("duplicate_of", "failure"):
             if key in t.user_attrs:
                 note += f"  [{key}: {str(t.user_attrs[key])[:60]}]"

@@ -3,8 +3,13 @@
 Everything that can be wrong with a sweep is found here, before any trial is dispatched: an
 unknown sweep setting, a search-space key that is not in the run config, ``low > high``, a log
 scale with ``low <= 0``, a categorical with no choices, a grid sampler over a continuous range, a
-pruner with nothing to prune on, and any value at the ends of a range that makes an invalid run
-(each end and each choice is composed and validated like a real trial). Messages name the key.
+pruner with nothing to prune on, any value at the ends of a range that makes an invalid run
+(each end and each choice is composed and validated like a real trial), and a run config whose
+own value of a searched key lies outside the space (the baseline trial, below). Messages name
+the key.
+
+``baseline: true`` (the default) makes trial 0 the run config's own values of the searched keys,
+so that a sweep says whether tuning beat the configuration it started from.
 
 Overrides on the command line are split like the ablations': those whose first part is a sweep
 setting (``trials=8``, ``pruner.name=none``, ``space.model.lr.high=1e-3``) change the sweep; all
@@ -40,6 +45,7 @@ SWEEP_KEYS = (
     "max_retries",
     "overrides",
     "export",
+    "baseline",
 )
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "threshold", "none")
@@ -99,6 +105,9 @@ class Sweep:
     run_overrides: tuple[str, ...]  # every trial's run gets these (model=…, profile=…, …)
     export: str  # where the best model config is written ({model} is filled in); "": the default
     steps: int  # train.steps of a trial (for trial-step accounting and Hyperband)
+    # trial 0's parameters: the run config's own values of the space's keys, so that the sweep
+    # says whether tuning beat them ({}: ``baseline: false``, no such trial)
+    baseline: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict, compare=False)  # as loaded, for MLflow
 
     def fingerprint(self) -> str:
@@ -200,6 +209,10 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         value = cfg.get(key, 1)
         if not isinstance(value, int) or value < 1:
             problems.append(f"{key}={value!r} must be a positive integer")
+    baseline_on = cfg.get("baseline", True)
+    if not isinstance(baseline_on, bool):
+        problems.append(f"baseline={baseline_on!r} must be true or false")
+    baseline = _baseline(space, base, problems) if baseline_on is True else {}
     heartbeat_s = cfg.get("heartbeat_s", 60)
     max_retries = cfg.get("max_retries", 2)
     if not isinstance(heartbeat_s, int) or heartbeat_s < 1:
@@ -232,6 +245,7 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         run_overrides=tuple(base_overrides),
         export=str(cfg.get("export") or ""),  # "": sweeps.export.export_path's default
         steps=int(base["train"]["steps"]),
+        baseline=baseline,
         settings=cfg,
     )
 
@@ -325,6 +339,32 @@ def _leaves(space: Mapping[str, Any], prefix: str = "") -> list[tuple[str, dict]
         else:
             out.append((path, value if isinstance(value, Mapping) else {"type": value}))
     return out
+
+
+def _baseline(space: Sequence[Param], base: Mapping[str, Any], problems: list[str]) -> dict:
+    """The run config's value of each searched key: the first trial's parameters. A value the
+    space cannot hold is a problem (a sweep must be able to say whether it beat the start)."""
+    values = {}
+    for p in space:
+        value: Any = base
+        for part in p.key.split("."):
+            value = value[part]
+        if p.kind == "categorical":
+            inside = value in p.choices
+            span = f"the choices {list(p.choices)}"
+        else:
+            inside = isinstance(value, int | float) and not isinstance(value, bool)
+            inside = inside and p.low <= value <= p.high
+            span = f"[{p.low}, {p.high}]"
+        if not inside:
+            problems.append(
+                f"space.{p.key}: the run config's value {value!r} is outside {span}; the first "
+                "trial runs the run config's values (baseline): widen the space, or set "
+                "baseline=false"
+            )
+            continue
+        values[p.key] = float(value) if p.kind == "float" else value
+    return values
 
 
 def _has_key(cfg: Mapping[str, Any], dotted: str) -> bool:

@@ -15,6 +15,10 @@ command again picks up where it was:
 - a sampled parameter set equal to a COMPLETE trial's is not trained again: the trial is told
   that trial's value (user attribute ``duplicate_of``).
 
+Trial 0 of a new sweep is the run config's own values (``Sweep.baseline``, user attribute
+``baseline``), unless the sweep file sets ``baseline: false``; the summary compares the best
+trial with it.
+
 MLflow: a parent run per sweep (``kind=sweep``) holds the sweep's settings as params and, as the
 sweep goes, its counts, best value, trial-steps and the best parameters; every trial's run is its
 child (tags ``sweep``, ``trial``).
@@ -73,6 +77,10 @@ class Summary:
     best_value: float | None
     best_params: dict[str, Any]
     best_trial: int | None
+    # the run config's own values (trial 0): its value, or None if it was pruned, failed or is
+    # not done; its state (None: the sweep has no baseline trial)
+    baseline_value: float | None
+    baseline_state: str | None
     trial_steps: int  # optimiser steps trained over all trials
     full_steps: int  # what they would have trained unpruned (trials × steps)
     wall_s: float
@@ -105,6 +113,8 @@ def drive(sweep: Sweep, *, wait: bool = True) -> Summary:
     storage = open_storage(sweep, create=True)
     study = open_study(sweep, storage, create=True)
     space = distributions(sweep)
+    if sweep.baseline and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(sweep.baseline, user_attrs={"baseline": True})
     # Tell through a study without the sampler: the grid sampler calls Study.stop() once its grid
     # is visited, which Optuna allows only inside Study.optimize.
     teller = optuna.load_study(study_name=sweep.sweep_id, storage=storage)
@@ -283,12 +293,15 @@ def summarize(sweep: Sweep, trials: list[FrozenTrial], wall_s: float) -> Summary
     top = best(trials, sweep.direction)
     counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     trained = [t for t in counted if "duplicate_of" not in t.user_attrs]
+    start = next((t for t in trials if t.user_attrs.get("baseline")), None)
     return Summary(
         sweep_id=sweep.sweep_id,
         counts=counts(trials),
         best_value=None if top is None else top.value,
         best_params={} if top is None else dict(top.params),
         best_trial=None if top is None else top.number,
+        baseline_value=None if start is None else start.value,
+        baseline_state=None if start is None else start.state.name.lower(),
         trial_steps=sum(trial_steps(t) for t in trained),
         full_steps=len(trained) * sweep.steps,
         wall_s=wall_s,
@@ -311,6 +324,8 @@ def _record(parent: RunHandle, summary: Summary, finished: bool) -> None:
     metrics["sweep/wall_s"] = summary.wall_s
     if summary.best_value is not None:
         metrics["sweep/best_value"] = summary.best_value
+    if summary.baseline_value is not None:
+        metrics["sweep/baseline_value"] = summary.baseline_value
     parent.log_metrics(metrics, c["complete"] + c["pruned"] + c["failed"])
     parent.set_tags(
         {"best_params": json.dumps(summary.best_params), "best_trial": str(summary.best_trial)}

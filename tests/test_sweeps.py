@@ -77,12 +77,15 @@ def batches(tmp_path: Path) -> list[Path]:
         ("space.model.weight_decay.low=0", "space.model.weight_decay: a log scale needs low > 0"),
         ("space.model.use_pyramid={type: categorical, choices: []}", "non-empty list of choices"),
         ("space.model.lr.type=normal", "space.model.lr: type='normal' must be one of"),
-        ("space.train.steps={type: int, low: 0, high: 4}", "space.train.steps=0 makes an invalid"),
+        ("space.train.steps={type: int, low: 0, high: 8}", "space.train.steps=0 makes an invalid"),
         ("space.launcher.slots={type: int, low: 1, high: 4}", "space.launcher.slots: launcher.*"),
         ("sampler.name=grid", "space.model.lr: the grid sampler needs choices or a step"),
         ("report_every=0", "pruning needs intermediate values"),
         ("metric=test/nAP50", "a sweep selects on the validation split"),
         ("trials=0", "trials=0 must be a positive integer"),
+        ("baseline=maybe", "baseline='maybe' must be true or false"),
+        # PSALM's own lr (8e-5) outside the range: the baseline trial could not run it
+        ("space.model.lr.low=1e-4", "space.model.lr: the run config's value 8e-05 is outside"),
     ],
 )
 def test_invalid_sweep_is_rejected_naming_the_key(tmp_path, override, message):
@@ -100,6 +103,20 @@ def test_invalid_sweep_dispatches_nothing(tmp_path, tmp_mlflow_uri, capsys):
     assert not (tmp_path / "optuna.db").exists()
     assert not (tmp_path / "runs").exists()
     assert MlflowClient(tmp_mlflow_uri).search_experiments()[0].name == "Default"
+
+
+def test_the_baseline_trial_is_the_run_configs_own_values(tmp_path):
+    path = write_sweep(tmp_path)
+    model = make_spec(["model=psalm", "profile=smoke"]).config["model"]
+    assert load_sweep(str(path), ["profile=smoke"]).baseline == {
+        "model.lr": model["lr"],
+        "model.weight_decay": model["weight_decay"],
+    }
+    # a run override moves the baseline with it
+    assert load_sweep(str(path), ["model.lr=1e-4"]).baseline["model.lr"] == pytest.approx(1e-4)
+    # without a baseline trial, a space that leaves out the run config's value is fine
+    narrow = ["space.model.lr.low=1e-4", "baseline=false"]
+    assert load_sweep(str(path), narrow).baseline == {}
 
 
 def test_unknown_run_override_is_rejected(tmp_path):
@@ -159,6 +176,14 @@ def test_debug_sweep_end_to_end(tmp_path, tmp_mlflow_uri, capsys):
         assert float(run.data.params["model.lr"]) == pytest.approx(
             trials[int(tags["trial"])].params["model.lr"]
         )
+
+    # trial 0 is the run config's own values, and the summary compares the best with it
+    assert trials[0].user_attrs["baseline"] is True
+    assert trials[0].params == load_sweep(str(path), ["profile=smoke"]).baseline
+    assert trials[0].state == TrialState.COMPLETE  # the median pruner's startup trial
+    assert parent.data.metrics["sweep/baseline_value"] == pytest.approx(trials[0].value)
+    assert f"the run config's own values (trial 0): val/nAP50 {trials[0].value:.4f}" in out.out
+    assert "[baseline: the run config's own values]" in out.out  # the trial table
 
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert json.loads(parent.data.tags["best_params"]) == best.params
