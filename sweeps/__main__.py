@@ -193,7 +193,11 @@ def _status(args: argparse.Namespace) -> int:
     trials = study.get_trials(deepcopy=False)
     print(trial_table(sweep, trials))
     started = min((t.datetime_start for t in trials if t.datetime_start), default=None)
-    wall = 0.0 if started is None else time.time() - started.timestamp()
+    # until now while trials run; a finished sweep's wall time ends at its last trial
+    ended = [t.datetime_complete for t in trials if t.datetime_complete]
+    running = any(t.datetime_complete is None for t in trials)
+    end = time.time() if running or not ended else max(ended).timestamp()
+    wall = 0.0 if started is None else end - started.timestamp()
     _print_summary(sweep, summarize(sweep, trials, wall))
     return 0
 
