@@ -132,10 +132,10 @@ def _against_baseline(sweep: Sweep, summary: Summary) -> str:
     """How the best trial compares with the run config's own values (trial 0)."""
     if summary.baseline_state is None:
         return "no trial ran the run config's own values (baseline): nothing to compare with"
-    if summary.baseline_value is None:
+    if summary.baseline_value is None or summary.best_value is None:
         return (
-            f"the run config's own values (trial 0) are {summary.baseline_state}: "
-            "no value to compare the best with"
+            f"the run config's own values (trial 0) have no value ({summary.baseline_state}): "
+            "nothing to compare the best with"
         )
     start = f"the run config's own values (trial 0): {sweep.metric} {summary.baseline_value:.4f}"
     if summary.best_trial == 0 or summary.best_value == summary.baseline_value:

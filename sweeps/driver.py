@@ -293,14 +293,15 @@ def summarize(sweep: Sweep, trials: list[FrozenTrial], wall_s: float) -> Summary
     top = best(trials, sweep.direction)
     counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     trained = [t for t in counted if "duplicate_of" not in t.user_attrs]
-    start = next((t for t in trials if t.user_attrs.get("baseline")), None)
+    start = _baseline_trial(trials)
     return Summary(
         sweep_id=sweep.sweep_id,
         counts=counts(trials),
         best_value=None if top is None else top.value,
         best_params={} if top is None else dict(top.params),
         best_trial=None if top is None else top.number,
-        baseline_value=None if start is None else start.value,
+        # a pruned trial has a value too (its last report), but not the one a sweep compares
+        baseline_value=start.value if start and start.state == TrialState.COMPLETE else None,
         baseline_state=None if start is None else start.state.name.lower(),
         trial_steps=sum(trial_steps(t) for t in trained),
         full_steps=len(trained) * sweep.steps,
@@ -314,6 +315,14 @@ def summarize(sweep: Sweep, trials: list[FrozenTrial], wall_s: float) -> Summary
             if t.datetime_complete and t.datetime_start
         ],
     )
+
+
+def _baseline_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """The trial of the run config's own values: a retry copies the user attributes of the
+    trial it retries, so the last copy that did not fail is the one that holds the value."""
+    copies = [t for t in trials if t.user_attrs.get("baseline")]
+    alive = [t for t in copies if t.state != TrialState.FAIL]
+    return (alive or copies or [None])[-1]
 
 
 def _record(parent: RunHandle, summary: Summary, finished: bool) -> None:

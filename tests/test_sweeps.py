@@ -209,6 +209,7 @@ def test_pruned_trials_stop_early_and_are_recorded(tmp_path, tmp_mlflow_uri, cap
     captured = capsys.readouterr()
     assert "ended with no completed trial (0 failed, 2 pruned of 2)" in captured.err
     assert "trial-steps trained 4 of 12 without pruning (saved 67%)" in captured.out
+    assert "the run config's own values (trial 0) have no value (pruned)" in captured.out
     trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert [t.user_attrs["steps_trained"] for t in trials] == [2, 2]
@@ -412,6 +413,11 @@ def test_a_killed_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, tmp_
     assert "without a result" in trials[0].user_attrs["failure"]
     assert trials[1].params == trials[0].params
     assert trials[1].system_attrs["failed_trial"] == 0
+    # the baseline (trial 0's values) is read from the retry that completed, not the failed one
+    from sweeps.driver import summarize
+
+    summary = summarize(load_sweep(str(path), list(overrides)), trials, 0.0)
+    assert (summary.baseline_state, summary.baseline_value) == ("complete", trials[1].value)
     client = MlflowClient(tmp_mlflow_uri)
     (run,) = client.search_runs(
         [client.get_experiment_by_name("psalm").experiment_id], "tags.kind = 'train'"
