@@ -65,6 +65,28 @@ def test_correlation_is_the_cosine_with_each_window(side: int) -> None:
     assert torch.allclose(_correlate(query, template), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("side", [1, 3, 5])
+def test_correlation_gradients_are_those_of_the_windowed_cosine(side: int) -> None:
+    """The correlation's hand-written backward (``_ShiftedSum``) gives autograd's gradients of
+    the same cosine computed by unfolding the windows."""
+    torch.manual_seed(2)
+    query = torch.randn(2, 4, 7, 9, requires_grad=True)
+    template = torch.randn(2, 4, side, side, requires_grad=True)
+    weights = torch.randn(2, 1, 7, 9)
+    (_correlate(query, template) * weights).sum().backward()
+    fast = query.grad.clone(), template.grad.clone()
+    query.grad = template.grad = None
+    centred_q = query - query.mean(dim=(2, 3), keepdim=True)
+    centred_t = template - template.mean(dim=(2, 3), keepdim=True)
+    windows = torch.nn.functional.unfold(centred_q, side, padding=side // 2)  # (B, C·t², H·W)
+    cosine = torch.nn.functional.cosine_similarity(
+        windows, centred_t.flatten(1)[:, :, None], dim=1, eps=1e-6
+    )
+    (cosine.view(2, 1, 7, 9) * weights).sum().backward()
+    assert torch.allclose(fast[0], query.grad, atol=1e-5)
+    assert torch.allclose(fast[1], template.grad, atol=1e-5)
+
+
 def test_each_levels_template_matches_glyphs_of_that_levels_size() -> None:
     """With the benchmark's defaults, a support glyph in a level's template spans as many cells
     as a query glyph of that level's typical size: stride × fraction × cells pixels lies inside
