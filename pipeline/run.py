@@ -143,7 +143,9 @@ def build_detector(model_cfg: dict[str, Any], seed: int) -> FewShotDetector:
     """The detector a config names, initialised from ``seed``."""
     torch.manual_seed(seed)
     name = model_cfg["name"]
-    extra = {"support_modulation": model_cfg["support_modulation"]} if name == "psalm" else {}
+    extra = {}
+    if name == "psalm":
+        extra = {k: model_cfg[k] for k in ("support_modulation", "support_tokens")}
     fusion = build_fusion(
         name,
         query_channels=model_cfg["query_channels"],

@@ -154,6 +154,7 @@ class PsalmModel(ModelConfig):
     use_pyramid: bool = key()
     use_conv_preprocessing: bool = key()
     support_modulation: str = key(one_of(SUPPORT_MODULATIONS))
+    support_tokens: bool = key()
 
 
 @dataclass(frozen=True)
@@ -457,6 +458,8 @@ def _other_model_key(key: str, name: str) -> str | None:
             )
     if key == "support_modulation":
         return "model.support_modulation is a PSALM setting; CHEAF has no modulation"
+    if key == "support_tokens":
+        return "model.support_tokens is a PSALM setting (CHEAF's support is always one token)"
     return None
 
 
@@ -564,6 +567,8 @@ ADDED_KEYS: tuple[tuple[str, str, Any, str | None], ...] = (
     ("data", "clutter_prob", 0.8, "synthetic"),
     # PSALM modulated the query by 2σ(W·s)
     ("model", "support_modulation", "sigmoid", "psalm"),
+    # PSALM's support was one pooled vector per level, no tokens
+    ("model", "support_tokens", False, "psalm"),
     # the earlier template scale
     ("model", "template_sides", [24, 48, 64, 64], None),
     ("model", "template_cells", [5, 5, 3, 1], None),

@@ -297,8 +297,12 @@ class FewShotDetector(nn.Module):
         maps = self.backbone(flat)
         out = [f.reshape(b, k, *f.shape[1:]) for f in maps]
         if self.support_in_head and self.head_similarity == "template":
-            # each crop is fused with its own episode's support: (B·K, C) prototypes per level
-            own = [f.mean(dim=(1, 3, 4)).repeat_interleave(k, dim=0) for f in out]
+            # each crop is fused with its own episode's support: (B·K, C) prototypes per level,
+            # or the (B·K, K, C, h, w) maps for a fusion that takes the support as tokens
+            if getattr(self.fusion, "support_tokens", False):
+                own = [f.repeat_interleave(k, dim=0) for f in out]
+            else:
+                own = [f.mean(dim=(1, 3, 4)).repeat_interleave(k, dim=0) for f in out]
             # the levels each template size serves: a size's fused maps are read on those only
             levels_of: dict[int, list[int]] = {}
             for level, side in enumerate(self.template_sides):

@@ -11,6 +11,8 @@ keep every one of them. A new key changes them on purpose: they were re-stored o
 the code version already, so no earlier run would have been found again anyway).
 The default profile's three were re-stored on purpose when that profile took half the report's
 fusion widths and a 32-channel head (2026-12-01; ``psalm/`` changed the same day as well).
+Every PSALM one was re-stored when ``model.support_tokens`` was added (2026-12-01, with a change
+to ``psalm/detector.py`` the same day).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ STORED = {
     "default psalm": (
         [],
         {},
-        "4d76474f1ec2cf9d4fb50c264b4037545b71632370a14ce2d6d64360ee694e5c",
+        "9bfac97aaec4c38de730b444d7bffecf91a43acecd9f011543d41509e0c82afe",
     ),
     "cheaf": (
         ["model=cheaf"],
@@ -60,13 +62,13 @@ STORED = {
     "smoke": (
         ["profile=smoke"],
         {},
-        "0cfea733e35457a380df4a4db370756edb59cf444e320af004a5af0d87658c3a",
+        "60457a7a6e5dc2a554249b28c9550ced7cd401f09e8899efdf66a46cd041b75d",
     ),
     "no_pyramid study cell": (
         ["model=psalm", "seed=1", "model.use_pyramid=false", "profile=smoke",
          "label.study=pyramid-smoke", "label.ablation=pyramid", "label.arm=no_pyramid"],
         {},
-        "3dc751ca953d52a37f3188bc63c35657adf5fdb2ca979fe00bc241749e64d74e",
+        "d9bb2ad6261ac6a3e5cea1fb275958d83f11ce39d92e6d3a06462809a27e8725",
     ),
     "cheaf paper, no refinement or convolutions": (
         ["model=cheaf", "profile=paper", "model.use_pyramid_refinement=false",
@@ -82,24 +84,24 @@ STORED = {
     "sweep trial": (
         SWEEP_TRIAL,
         {},
-        "d7f7f99e90ad0d16b5af1ff7a1a208ab250b78b531ed5978442915ec6cb0054a",
+        "92990ce0650e33aec98ec7c0c124513c1b6c22913d137062d69e6b666ba284d2",
     ),
     "coco": (
         [*COCO, "profile=smoke"],
         {},
-        "39b1fffb585cf37ef20229bd9a30d359348d0a6d1b63dde884e964a9af2b12f2",
+        "cd4c4302f5438d4d579f7d7a5e934c34a18293d99f1f4b72302d1662508cb3bb",
     ),
     "video": (
         ["data=video", "profile=smoke"],
         {},
-        "9d475e0d40bbe9c13cc4781146f4a24e0e9913bcade9d4e3c2bc75ee33167055",
+        "75434184031a91bb900f570845e67c14d35ac0737c03d88d7f4dd56a4c2f0e20",
     ),
     "older detector and options": (
         ["model.match_on=backbone", "model.head_similarity=prototype",
          "model.support_modulation=layernorm", "train.precision=bf16", "data.clutter_prob=0.8",
          "eval.modes=[normal,none,shuffled]", "train.lr_scale=30"],
         {},
-        "626d24d65b07606f4c14f1995c408268e3b984a056cd001801e0ac29c0532c94",
+        "5318064bf1dfa3a33be09f31a4c2c2d86858ca611ac5684d9b1107855cd989ba",
     ),
 }  # fmt: skip
 

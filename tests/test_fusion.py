@@ -683,6 +683,27 @@ def test_psalm_layernorm_modulation_keeps_the_support_contract() -> None:
         PSALMFusion(support_modulation="softmax")
 
 
+def test_psalm_support_tokens_let_more_than_the_supports_mean_reach_every_level() -> None:
+    """The tokens variant (``support_tokens=True``): every support position joins attention, so
+    a support with the same mean but other positions changes every output level, where the
+    pooled modulation cannot tell them apart; None removes tokens and modulation alike (the same
+    output as without the variant's extra weights)."""
+    default = build("psalm")
+    tokens = PSALMFusion(support_tokens=True).eval()
+    missing, unexpected = tokens.load_state_dict(default.state_dict(), strict=False)
+    assert not unexpected and missing and all(".token_" in k for k in missing)
+    query, support = make_query(), make_support("maps")
+    mean = [s.mean(dim=(1, 3, 4), keepdim=True) for s in support]
+    moved = [2 * m - s for s, m in zip(support, mean, strict=True)]  # same mean, other positions
+    with torch.no_grad():
+        a, b = run(tokens, query, support), run(tokens, query, moved)
+        pooled = run(default.eval(), query, support), run(default, query, moved)
+        none = run(tokens, query, None), run(default, query, None)
+    assert_all_levels_differ(a, b, "tokens: the same mean, other positions")
+    assert_levels_close(*pooled, "pooled modulation: the same mean, other positions")
+    assert_levels_close(*none, "None: no tokens and neutral modulation")
+
+
 # ----------------------------------------------------------------------------- any run of levels
 # The report's authors build the modules on three levels (P3..P5, [64, 128, 256] → [256, 512, 512],
 # their YOLOv8n + DINOv3 setting), pass support dicts that lack some levels, and count parameters

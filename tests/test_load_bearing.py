@@ -59,6 +59,38 @@ def test_the_similarity_maps_gradient_reaches_the_fusion_only_when_matching_on_f
         assert touched == reaches, (match_on, touched)
 
 
+def test_psalm_support_tokens_reach_the_match_on_both_sides() -> None:
+    """With ``support_tokens`` the similarity map's gradient reaches the token weights at every
+    level whose template has more than one cell, through the query's fused maps and through the
+    templates (each template crop is fused with its episode's support maps as tokens)."""
+    canvases, supports = _inputs()
+    model = _detector(fusion=build_fusion(
+        "psalm", query_channels=CHANNELS, support_channels=CHANNELS, out_channels=CHANNELS,
+        num_heads=4, use_pyramid=True, use_conv_preprocessing=True, support_tokens=True,
+    ))  # fmt: skip
+    attentions = list(model.fusion.attentions.values())  # per level, P2..P5
+    prediction = model(canvases, supports)
+    levels = zip(attentions, prediction.similarities, model.template_cells, strict=True)
+    for attention, similarity, cells in levels:
+        if cells == 1:  # a one-cell template, centred, is zero: that level's map is constant
+            continue
+        model.zero_grad()
+        similarity.sum().backward(retain_graph=True)
+        grad = attention.token_key.weight.grad
+        assert grad is not None and grad.abs().sum() > 0
+    # the template side: each crop is fused with its episode's maps (K·h·w tokens), not the
+    # pooled vector (which would be one token)
+    seen, forward = [], model.fusion.forward
+    model.fusion.forward = lambda query, support, **kw: (
+        seen.append(support) or forward(query, support, **kw)
+    )
+    model.zero_grad()
+    templates = model.support_features(supports)[len(CHANNELS) :]
+    sum(t.sum() for t in templates).backward()
+    assert seen and all(s.dim() == 5 for support in seen for s in support)
+    assert attentions[0].token_key.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("name", ["psalm", "cheaf"])
 def test_support_bypass_is_the_modules_query_only_path(name: str) -> None:
     model = _detector(name)

@@ -439,6 +439,8 @@ def test_the_config_hash_follows_the_coco_annotations(
         (["model.match_on=head"], "model.match_on"),
         (["model=psalm", "model.support_modulation=softmax"], "model.support_modulation"),
         (["model=cheaf", "+model.support_modulation=layernorm"], "model.support_modulation"),
+        (["model=cheaf", "+model.support_tokens=true"], "model.support_tokens"),
+        (["model=psalm", "model.support_tokens=yes"], "model.support_tokens"),
         (["train.precision=fp16"], "train.precision"),
     ],
 )

@@ -199,6 +199,26 @@ def pool_support(
     return pooled
 
 
+def as_support_tokens(
+    support: Sequence[Tensor | None] | Mapping[str, Tensor | None],
+    levels: Sequence[str],
+) -> list[Tensor | None]:
+    """Each level's support as a token sequence ``(B, T, C)``: every shot's every position
+    (``(B, K, C, h, w)`` gives T = K·h·w), K prototypes (T = K) or one (T = 1). Shapes are those
+    ``pool_support`` accepts; call it first, it checks them."""
+    tokens: list[Tensor | None] = []
+    for s in support_level_list(support, levels):
+        if s is None:
+            tokens.append(None)
+        elif s.dim() == 5:  # (B, K, C, h, w)
+            tokens.append(s.permute(0, 1, 3, 4, 2).flatten(1, 3))
+        elif s.dim() == 4:  # (B, C, h, w)
+            tokens.append(s.flatten(2).transpose(1, 2))
+        else:  # (B, K, C) or (B, C)
+            tokens.append(s if s.dim() == 3 else s[:, None])
+    return tokens
+
+
 def wanted_levels(output_levels: Collection[str | int] | None, levels: Sequence[str]) -> list[bool]:
     """Per level of the module, whether ``forward(..., output_levels=...)`` computes its output.
 

@@ -72,6 +72,7 @@ def modulated_attention(
     value: nn.Conv2d,
     out: nn.Conv2d,
     value_weights: Tensor | None = None,
+    extra: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """``out(efficient_attention(q, k, value(x), value_weights))`` in two token-sized matmuls.
 
@@ -81,12 +82,17 @@ def modulated_attention(
     and the output projection folds into each sample's context, ``out(Q·ctx) = Q·(ctx W_oᵀ) + b_o``.
     Neither V nor the attended values are built: per forward, two (N × C) × (C × C) products
     instead of four N-sized passes, with no memory-layout conversions on channels-last inputs.
+    extra: optional (keys, tokens), (B, T, C) each: T more positions of the key/value sequence
+    (PSALM's ``support_tokens``), their keys given directly and their values made by ``value``
+    from the tokens as from x; the key softmax runs over the N + T positions together.
     """
     b, n, c = q.shape
     d = c // num_heads
     c_out = out.out_channels
     q = q.reshape(b, n, num_heads, d).softmax(dim=3).reshape(b, n, c)  # over a head's channels
-    k = k.reshape(b, n, num_heads, d).softmax(dim=1).reshape(b, n, c)  # over positions
+    if extra is not None:  # the extra positions join the sequence the keys are softmaxed over
+        k, x = torch.cat([k, extra[0]], dim=1), torch.cat([x, extra[1]], dim=1)
+    k = k.reshape(b, -1, num_heads, d).softmax(dim=1).reshape(b, -1, c)  # over positions
     kx = torch.bmm(k.transpose(1, 2), x).view(b, num_heads, d, c)  # (B, h, d_k, C)
     w_v = value.weight.reshape(num_heads, d, c)  # (h, d_v, C)
     context = torch.einsum("bhic,hec->bhie", kx, w_v) + value.bias.view(1, num_heads, 1, d)

@@ -18,6 +18,14 @@ the attention, refinement and both residuals still run, only the support signal 
 report's authors' code does (there ``σ(LN(Linear(s)))``; here ×2, so that the weights average
 about 1 like the neutral ones): the weights then contrast the channels whatever the support
 vector's scale, from the first step on.
+
+``support_tokens=True`` (a variant, not in the report): the support's maps also join each scale's
+key/value sequence as tokens, every shot's every position (K·h·w tokens), keyed and valued by
+two linear maps of the support's channels. The pooled modulation gives the support one channel
+weighting per scale, so only the support's mean can reach the output; as tokens, every support
+position (which channels occur together, not only on average) enters the context that the
+attention spreads over the query. Efficient attention sums over positions, so the tokens act as
+a set: their layout does not matter. ``None`` removes the tokens with the modulation.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from torch import Tensor, nn
 from psalm.fusion._inputs import (
     accept_level_indexed_keys,
     as_level_list,
+    as_support_tokens,
     check_channel_config,
     check_query,
     count_params,
@@ -117,6 +126,7 @@ class ModulatedAttention(nn.Module):
         num_heads: int,
         use_conv_preprocessing: bool,
         support_modulation: str = "sigmoid",
+        support_tokens: bool = False,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -128,21 +138,29 @@ class ModulatedAttention(nn.Module):
         self.modulation = nn.Linear(support_channels, channels)
         self.modulation_norm = nn.LayerNorm(channels) if support_modulation == "layernorm" else None
         self.out = nn.Conv2d(channels, channels, 1)
+        # support tokens: keys, and values in the query's channel space (``value`` then applies)
+        self.token_key = nn.Linear(support_channels, channels) if support_tokens else None
+        self.token_value = nn.Linear(support_channels, channels) if support_tokens else None
 
-    def forward(self, x: Tensor, support: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, support: Tensor | None, tokens: Tensor | None = None) -> Tensor:
+        """x (B, C, H, W); support (B, C_s) pooled, or None; tokens (B, T, C_s), used only with
+        ``support_tokens``."""
         h, w = x.shape[-2:]
-        tokens = to_tokens(x)
-        q = to_tokens(self.q_conv(x)) if self.q_conv is not None else tokens
-        k = to_tokens(self.k_conv(x)) if self.k_conv is not None else tokens
+        tokens_of_x = to_tokens(x)
+        q = to_tokens(self.q_conv(x)) if self.q_conv is not None else tokens_of_x
+        k = to_tokens(self.k_conv(x)) if self.k_conv is not None else tokens_of_x
         weights = None  # (B, C) or None: neutral
         if support is not None:
             logits = self.modulation(support)
             if self.modulation_norm is not None:
                 logits = self.modulation_norm(logits)
             weights = 2 * torch.sigmoid(logits)
+        extra = None
+        if self.token_key is not None and tokens is not None:
+            extra = (self.token_key(tokens), self.token_value(tokens))
         # out(efficient attention with V = value(x)), computed without building V
         attended = modulated_attention(
-            q, k, tokens, self.num_heads, self.value, self.out, value_weights=weights
+            q, k, tokens_of_x, self.num_heads, self.value, self.out, weights, extra
         )
         return from_tokens(attended, h, w)
 
@@ -169,6 +187,7 @@ class PSALMFusion(ParameterCounts, nn.Module):
         use_conv_preprocessing: bool = True,
         support_modulation: str = "sigmoid",
         levels: Sequence[str] | None = None,
+        support_tokens: bool = False,
     ) -> None:
         """``levels``: the pyramid levels the channel lists describe, a contiguous run out of
         p2..p5; by default the last ``len(query_channels)`` (three entries: p3, p4, p5)."""
@@ -181,6 +200,7 @@ class PSALMFusion(ParameterCounts, nn.Module):
                 f"got {support_modulation!r}"
             )
         self.support_modulation = support_modulation
+        self.support_tokens = support_tokens
         self.query_channels = list(query_channels)
         self.support_channels = list(support_channels)
         self.out_channels = list(out_channels)
@@ -190,7 +210,9 @@ class PSALMFusion(ParameterCounts, nn.Module):
         self.attentions = per_level(
             self.levels,
             (
-                ModulatedAttention(c, s, num_heads, use_conv_preprocessing, support_modulation)
+                ModulatedAttention(
+                    c, s, num_heads, use_conv_preprocessing, support_modulation, support_tokens
+                )
                 for c, s in zip(query_channels, support_channels, strict=True)
             ),
         )
@@ -218,6 +240,9 @@ class PSALMFusion(ParameterCounts, nn.Module):
         support = pool_support(
             support_features, self.support_channels, query[0].shape[0], self.levels
         )
+        tokens = [None] * len(self.levels)
+        if self.support_tokens and support_features is not None:
+            tokens = as_support_tokens(support_features, self.levels)
         query = channels_last(query)
         trace = ResidualTracer()
         enriched = self.pyramid(query) if self.pyramid is not None else query
@@ -227,7 +252,7 @@ class PSALMFusion(ParameterCounts, nn.Module):
                 outputs.append(None)
                 continue
             s = None if support is None else support[i]
-            attended = trace.add("R1", self.attentions[level](e, s), e)
+            attended = trace.add("R1", self.attentions[level](e, s, tokens[i]), e)
             refined = self.refinement_projectors[level](attended)
             outputs.append(trace.add("R2", refined, self.residual_projectors[level](x)))
         self.last_residuals = trace.seen
