@@ -199,6 +199,11 @@ class FewShotDetector(nn.Module):
         # are 16-23, 23-45 and 45-64 px (``level_sizes``). The earlier (24, 48, 64, 64) sides and
         # (5, 5, 3, 1) cells matched 14, 28 and 34 px, too small on P2 and P4: fixing the scale
         # raised PSALM's val nAP50 after 600 steps from 0.247 to 0.318 (seed 0, README).
+        # A one-cell template (the default on P5) is zero once centred, so that level's
+        # similarity is 0 everywhere and, with the gate, its scores are capped at
+        # σ(similarity_logit's bias): about 0.007 in a trained default run. No benchmark glyph
+        # (16-64 px) is assigned to P5; data with objects above ~90 px (on the canvas) needs
+        # 3 cells there (``template_cells=[7, 5, 5, 3]``; README, "Your own data").
         self.head_similarity = head_similarity
         # similarity_gate (with support_in_head): the heatmap is P(glyph) × P(match), the head's
         # probability times the similarity map read as a probability (``similarity_logit``).
