@@ -87,6 +87,16 @@ def test_correlation_gradients_are_those_of_the_windowed_cosine(side: int) -> No
     assert torch.allclose(fast[1], template.grad, atol=1e-5)
 
 
+def test_a_one_cell_template_cannot_match_and_three_cells_can() -> None:
+    """The default P5 template has one cell: centred, it is zero, so P5's similarity is 0
+    wherever its window is (README, "Your own data"); three cells, the remedy, match."""
+    torch.manual_seed(3)
+    query = torch.randn(2, 6, 8, 8)
+    assert _correlate(query, query[:, :, 2:3, 2:3]).abs().max() == 0
+    similarity = _correlate(query, query[:, :, 2:5, 3:6])
+    assert [divmod(int(s.flatten().argmax()), 8) for s in similarity] == [(3, 4), (3, 4)]
+
+
 def test_each_levels_template_matches_glyphs_of_that_levels_size() -> None:
     """With the benchmark's defaults, a support glyph in a level's template spans as many cells
     as a query glyph of that level's typical size: stride × fraction × cells pixels lies inside
