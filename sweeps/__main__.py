@@ -141,7 +141,12 @@ def _against_baseline(sweep: Sweep, summary: Summary) -> str:
     if summary.best_trial == 0 or summary.best_value == summary.baseline_value:
         return f"{start}, the best: the sweep found nothing better"
     gain = summary.best_value - summary.baseline_value
-    return f"{start}; the best differs by {gain:+.4f} (one seed each: compare over seeds)"
+    spread = (
+        f"the mean of {len(sweep.seeds)} seeds each"
+        if sweep.seeds
+        else "one seed each: compare over seeds, or sweep with seeds=[0,1,2]"
+    )
+    return f"{start}; the best differs by {gain:+.4f} ({spread})"
 
 
 def trial_table(sweep: Sweep, trials) -> str:
@@ -158,6 +163,10 @@ def trial_table(sweep: Sweep, trials) -> str:
         )
         if t.user_attrs.get("baseline"):
             note += "  [baseline: the run config's own values]"
+        if "seed_values" in t.user_attrs:
+            note += (
+                "  [per seed: " + " ".join(f"{v:.4f}" for v in t.user_attrs["seed_values"]) + "]"
+            )
         for key in ("duplicate_of", "failure"):
             if key in t.user_attrs:
                 note += f"  [{key}: {str(t.user_attrs[key])[:60]}]"

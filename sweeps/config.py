@@ -11,6 +11,12 @@ the key.
 ``baseline: true`` (the default) makes trial 0 the run config's own values of the searched keys,
 so that a sweep says whether tuning beat the configuration it started from.
 
+``seeds: [0, 1, 2]`` trains each trial once per seed, one after another in the trial's job, and
+gives the trial the mean of their values: one seed on a small validation split ranks trials by
+noise (docs/results.md, "The first sweeps at the default profile"). Seed i's validations are
+reported at steps ``i × train.steps + step``, so the pruner compares trials seed by seed.
+``null`` (the default): one run, at the run config's seed.
+
 Overrides on the command line are split like the ablations': those whose first part is a sweep
 setting (``trials=8``, ``pruner.name=none``, ``space.model.lr.high=1e-3``) change the sweep; all
 others (``profile=smoke``, ``launcher=slurm``, ``train.steps=200``) go to every trial's run.
@@ -46,6 +52,7 @@ SWEEP_KEYS = (
     "overrides",
     "export",
     "baseline",
+    "seeds",
 )
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "threshold", "none")
@@ -108,16 +115,25 @@ class Sweep:
     # trial 0's parameters: the run config's own values of the space's keys, so that the sweep
     # says whether tuning beat them ({}: ``baseline: false``, no such trial)
     baseline: dict[str, Any] = field(default_factory=dict)
+    # the seeds each trial trains, in turn (one: the run config's seed, not overridden)
+    seeds: tuple[int, ...] = ()
     settings: dict[str, Any] = field(default_factory=dict, compare=False)  # as loaded, for MLflow
 
+    @property
+    def trial_resource(self) -> int:
+        """Optimiser steps of a whole trial: ``steps`` per seed."""
+        return self.steps * max(1, len(self.seeds))
+
     def fingerprint(self) -> str:
-        """What must not change when a sweep resumes: the space, metric and run overrides."""
+        """What must not change when a sweep resumes: the space, metric, run overrides and
+        seeds (a single seed is a run override)."""
         return json.dumps(
             {
                 "space": [p.__dict__ for p in self.space],
                 "metric": self.metric,
                 "direction": self.direction,
                 "runs": sorted(self.run_overrides),
+                **({"seeds": list(self.seeds)} if len(self.seeds) > 1 else {}),
             },
             sort_keys=True,
             default=list,
@@ -160,6 +176,10 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
             raise ConfigError(f"{where}: missing setting {key!r}")
     problems: list[str] = []
     run_overrides = [*(cfg.get("overrides") or []), *run_ovr]
+    seeds = _seeds(cfg.get("seeds"), problems)
+    if len(seeds) == 1:  # one seed is the run's own: an ordinary run override
+        run_overrides.append(f"seed={seeds[0]}")
+        seeds = ()
     report_every = cfg.get("report_every", 0)
     if not isinstance(report_every, int) or report_every < 0:
         problems.append(f"report_every={report_every!r} must be an integer >= 0")
@@ -246,8 +266,23 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         export=str(cfg.get("export") or ""),  # "": sweeps.export.export_path's default
         steps=int(base["train"]["steps"]),
         baseline=baseline,
+        seeds=seeds,
         settings=cfg,
     )
+
+
+def _seeds(value: Any, problems: list[str]) -> tuple[int, ...]:
+    """The ``seeds`` setting: null, or a list of distinct non-negative integers."""
+    if value is None:
+        return ()
+    ok = isinstance(value, list) and value
+    ok = ok and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+    if not ok or len(set(value)) != len(value):
+        problems.append(
+            f"seeds={value!r} must be null or a list of distinct integers >= 0, e.g. [0, 1, 2]"
+        )
+        return ()
+    return tuple(value)
 
 
 def _parse_space(space: Any, base: Mapping[str, Any], problems: list[str]) -> list[Param]:

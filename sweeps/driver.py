@@ -82,7 +82,7 @@ class Summary:
     baseline_value: float | None
     baseline_state: str | None
     trial_steps: int  # optimiser steps trained over all trials
-    full_steps: int  # what they would have trained unpruned (trials × steps)
+    full_steps: int  # what they would have trained unpruned (trials × steps × seeds)
     wall_s: float
     trial_seconds: list[float] = field(default_factory=list)  # run time of each trained trial
     job_seconds: list[float] = field(default_factory=list)  # dispatch job time of each trial
@@ -126,7 +126,8 @@ def drive(sweep: Sweep, *, wait: bool = True) -> Summary:
     )
     folder = sweep_folder(sweep, base.config["output_dir"])
     log.info(
-        f"sweep {sweep.sweep_id}: {sweep.trials} trials of {sweep.model} ({sweep.steps} steps, "
+        f"sweep {sweep.sweep_id}: {sweep.trials} trials of {sweep.model} ({sweep.steps} steps"
+        f"{f' × seeds {list(sweep.seeds)}' if sweep.seeds else ''}, "
         f"{sweep.metric} every {sweep.report_every or 'end'}"
         f"{f' ({sweep.report_note})' if sweep.report_note else ''}), "
         f"sampler {sweep.sampler['name']}, "
@@ -203,15 +204,16 @@ def _dispatch_trial(
         f"label.parent_run={parent_run}",
         "label.arm=trial",
     ]
+    seeds = [[f"seed={s}"] for s in sweep.seeds] or [[]]  # none: the run config's seed
     try:
-        spec = make_spec(overrides)
+        specs = tuple(make_spec([*overrides, *seed]) for seed in seeds)
     except ConfigError as exc:  # cannot happen for a validated space; fail the trial, say why
         trial.set_user_attr("failure", str(exc)[:2000])
         study.tell(trial, state=TrialState.FAIL)
         return
-    job = TrialJob(sweep=sweep, number=trial.number, spec=spec)
+    job = TrialJob(sweep=sweep, number=trial.number, specs=specs)
     batch_id = new_batch_id()
-    trial.set_user_attr("config_hash", spec.config_hash)
+    trial.set_user_attr("config_hash", specs[0].config_hash)
     trial.set_user_attr("batch", str(folder / "dispatch" / batch_id))
     # (debug runs the trial here and now; local and slurm return once the job is queued)
     dispatch(
@@ -304,7 +306,7 @@ def summarize(sweep: Sweep, trials: list[FrozenTrial], wall_s: float) -> Summary
         baseline_value=start.value if start and start.state == TrialState.COMPLETE else None,
         baseline_state=None if start is None else start.state.name.lower(),
         trial_steps=sum(trial_steps(t) for t in trained),
-        full_steps=len(trained) * sweep.steps,
+        full_steps=len(trained) * sweep.trial_resource,
         wall_s=wall_s,
         trial_seconds=[
             float(t.user_attrs["seconds"]) for t in trained if "seconds" in t.user_attrs

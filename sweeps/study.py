@@ -105,7 +105,7 @@ def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
     if p["name"] == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=int(p.get("min_resource", sweep.report_every)),
-            max_resource=sweep.steps,
+            max_resource=sweep.trial_resource,
             reduction_factor=int(p.get("reduction_factor", 3)),
         )
     if p["name"] == "threshold":  # stop trials outside [lower, upper] (e.g. a dead model)

@@ -10,6 +10,9 @@ runs on (the study lives in shared storage, so pruning works across processes).
   the storage's heartbeat, and retried.
 - A requeued job (timeout, preemption) calls ``run_trial`` again: the trial is still RUNNING, so
   it goes on, and ``run`` resumes from the checkpoint into the same MLflow run.
+- With the sweep's ``seeds``, the trial trains one run per seed in turn (a seed already
+  FINISHED is skipped on a requeue) and is told their mean. Seed i's validations are reported
+  at ``i × steps + step``: the pruner compares trials on the same seed at the same step.
 """
 
 from __future__ import annotations
@@ -35,15 +38,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrialJob:
-    """What a dispatched trial needs: the sweep, the Optuna trial number and the run to train."""
+    """What a dispatched trial needs: the sweep, the Optuna trial number and the runs to train
+    (one per seed of the sweep, in order)."""
 
     sweep: Sweep
     number: int
-    spec: RunSpec
+    specs: tuple[RunSpec, ...]
 
     @property
     def label(self) -> str:
-        return f"trial {self.number} ({self.spec.config_hash[:8]})"
+        return f"trial {self.number} ({self.specs[0].config_hash[:8]})"
 
 
 class _Heartbeat:
@@ -85,35 +89,54 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
     reported: dict[str, int] = {"last": 0}
+    offset = {"steps": 0}  # seed i's steps are reported after the earlier seeds' (i × steps)
 
     def on_validation(step: int, values: dict[str, float]) -> bool:
-        trial.report(values[sweep.metric], step)
-        reported["last"] = step
+        trial.report(values[sweep.metric], offset["steps"] + step)
+        reported["last"] = offset["steps"] + step
         return trial.should_prune()
 
     t0 = time.perf_counter()
-    with _Heartbeat(storage, trial_id, sweep.heartbeat_s):
-        try:
-            result = run(job.spec, on_validation=on_validation)
-        except Exception as exc:
-            trial.set_user_attr("failure", f"{type(exc).__name__}: {exc}"[:2000])
-            trial.set_user_attr("steps_trained", reported["last"])
+    values, run_ids, trained = [], [], 0
+    for i, spec in enumerate(job.specs):
+        offset["steps"] = i * sweep.steps
+        with _Heartbeat(storage, trial_id, sweep.heartbeat_s):
+            try:
+                result = run(spec, on_validation=on_validation)
+            except Exception as exc:
+                trial.set_user_attr("failure", f"{type(exc).__name__}: {exc}"[:2000])
+                trial.set_user_attr(
+                    "steps_trained", trained + max(0, reported["last"] - offset["steps"])
+                )
+                study.tell(job.number, state=TrialState.FAIL)
+                log.warning(f"[{job.label}] failed: {exc}")
+                return {"number": job.number, "state": "FAIL", "error": str(exc)}
+        run_ids.append(result["run_id"])
+        trial.set_user_attr("run_id", run_ids[0])
+        if len(job.specs) > 1:
+            trial.set_user_attr("run_ids", run_ids)
+        if result.get("pruned_at"):
+            trial.set_user_attr("config_hash", job.specs[0].config_hash)
+            trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
+            trial.set_user_attr("steps_trained", trained + int(result["pruned_at"]))
+            study.tell(job.number, state=TrialState.PRUNED)
+            return {
+                "number": job.number,
+                "state": "PRUNED",
+                "step": offset["steps"] + int(result["pruned_at"]),
+            }
+        value = result.get(sweep.metric)
+        if value is None:
+            trial.set_user_attr("failure", f"the run recorded no {sweep.metric}")
             study.tell(job.number, state=TrialState.FAIL)
-            log.warning(f"[{job.label}] failed: {exc}")
-            return {"number": job.number, "state": "FAIL", "error": str(exc)}
-    seconds = time.perf_counter() - t0
-    trial.set_user_attr("run_id", result["run_id"])
-    trial.set_user_attr("config_hash", job.spec.config_hash)
-    trial.set_user_attr("seconds", round(seconds, 2))
-    if result.get("pruned_at"):
-        trial.set_user_attr("steps_trained", int(result["pruned_at"]))
-        study.tell(job.number, state=TrialState.PRUNED)
-        return {"number": job.number, "state": "PRUNED", "step": result["pruned_at"]}
-    value = result.get(sweep.metric)
-    if value is None:
-        trial.set_user_attr("failure", f"the run recorded no {sweep.metric}")
-        study.tell(job.number, state=TrialState.FAIL)
-        return {"number": job.number, "state": "FAIL", "error": f"no {sweep.metric}"}
-    trial.set_user_attr("steps_trained", 0 if result.get("skipped") else sweep.steps)
-    study.tell(job.number, float(value))
-    return {"number": job.number, "state": "COMPLETE", "value": float(value)}
+            return {"number": job.number, "state": "FAIL", "error": f"no {sweep.metric}"}
+        values.append(float(value))
+        trained += 0 if result.get("skipped") else sweep.steps
+    trial.set_user_attr("config_hash", job.specs[0].config_hash)
+    trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
+    trial.set_user_attr("steps_trained", trained)
+    if len(values) > 1:
+        trial.set_user_attr("seed_values", values)
+    value = sum(values) / len(values)
+    study.tell(job.number, value)
+    return {"number": job.number, "state": "COMPLETE", "value": value}

@@ -84,6 +84,9 @@ def batches(tmp_path: Path) -> list[Path]:
         ("metric=test/nAP50", "a sweep selects on the validation split"),
         ("trials=0", "trials=0 must be a positive integer"),
         ("baseline=maybe", "baseline='maybe' must be true or false"),
+        ("seeds=[0,0]", "seeds=[0, 0] must be null or a list of distinct integers"),
+        ("seeds=[]", "seeds=[] must be null"),
+        ("seeds=[-1,2]", "seeds=[-1, 2] must be null"),
         # PSALM's own lr (8e-5) outside the range: the baseline trial could not run it
         ("space.model.lr.low=1e-4", "space.model.lr: the run config's value 8e-05 is outside"),
     ],
@@ -198,6 +201,40 @@ def test_debug_sweep_end_to_end(tmp_path, tmp_mlflow_uri, capsys):
     n = len(batches(tmp_path))
     assert main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"]) == 0
     assert len(batches(tmp_path)) == n
+
+
+@pytest.mark.slow  # trains smoke trials
+def test_a_trial_over_seeds_is_told_their_mean(tmp_path, tmp_mlflow_uri, capsys):
+    """``seeds``: each trial trains one run per seed, in turn, and its value is their mean;
+    seed i's validations are reported after the earlier seeds' steps, for the pruner."""
+    path = write_sweep(tmp_path, trials=2, seeds=[0, 1], pruner={"name": "none"})
+    assert main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"]) == 0
+    out = capsys.readouterr().out
+    trials = trials_of(path)
+    client = MlflowClient(tmp_mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("psalm").experiment_id])
+    children = [r for r in runs if r.data.tags.get("kind") == "train"]
+    assert len(children) == 4  # 2 trials × 2 seeds
+    for t in trials:
+        assert t.state == TrialState.COMPLETE
+        assert set(t.intermediate_values) == {2, 4, 6, 8, 10, 12}  # seed 1 at 6 + (2, 4, 6)
+        mine = [r for r in children if r.data.tags["trial"] == str(t.number)]
+        by_seed = {int(r.data.tags["seed"]): r.data.metrics["val/nAP50"] for r in mine}
+        assert set(by_seed) == {0, 1}
+        assert t.user_attrs["seed_values"] == pytest.approx([by_seed[0], by_seed[1]])
+        assert t.value == pytest.approx((by_seed[0] + by_seed[1]) / 2)
+        assert t.user_attrs["steps_trained"] == 12
+        assert sorted(t.user_attrs["run_ids"]) == sorted(r.info.run_id for r in mine)
+    assert "[per seed: " in out  # the trial table
+    assert "the mean of 2 seeds each" in out or "the sweep found nothing better" in out
+    # a single seed is the run's own seed: an ordinary run override, no per-seed bookkeeping
+    single = load_sweep(str(path), ["profile=smoke", "seeds=[3]"])
+    assert single.seeds == () and "seed=3" in single.run_overrides
+    # a resumed sweep must keep its seeds
+    with pytest.raises(ConfigError, match="already exists"):
+        from sweeps.driver import drive
+
+        drive(load_sweep(str(path), ["profile=smoke", "seeds=[0,1,2]", "launcher=debug"]))
 
 
 @pytest.mark.slow  # trains smoke trials
