@@ -9,7 +9,7 @@ own value of a searched key lies outside the space (the baseline trial, below). 
 the key.
 
 ``baseline: true`` (the default) makes trial 0 the run config's own values of the searched keys,
-so that a sweep says whether tuning beat the configuration it started from.
+so that a sweep says whether tuning beat the configuration it started from (it is never pruned).
 
 ``seeds: [0, 1, 2]`` trains each trial once per seed, one after another in the trial's job, and
 gives the trial the mean of their values: one seed on a small validation split ranks trials by

@@ -4,7 +4,9 @@ runs on (the study lives in shared storage, so pruning works across processes).
 
 - Each validation (``train.eval_every`` = the sweep's ``report_every``) reports the metric as an
   intermediate value and asks the pruner; a pruned trial stops training there (checkpoint kept,
-  MLflow run KILLED with ``pruned_at_step``) and is told PRUNED.
+  MLflow run KILLED with ``pruned_at_step``) and is told PRUNED. The baseline trial (the run
+  config's own values) reports but is never pruned: it is what the sweep's result is compared
+  with, so it must have a value.
 - A run that raises (e.g. a diverged loss) is told FAIL with the reason: a deterministic failure,
   not retried. A process that dies without telling is found by the driver (its job ended) or by
   the storage's heartbeat, and retried.
@@ -88,13 +90,14 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     trial.set_user_attr("attempts", attempts)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
+    prunable = not storage.get_trial(trial_id).user_attrs.get("baseline")
     reported: dict[str, int] = {"last": 0}
     offset = {"steps": 0}  # seed i's steps are reported after the earlier seeds' (i × steps)
 
     def on_validation(step: int, values: dict[str, float]) -> bool:
         trial.report(values[sweep.metric], offset["steps"] + step)
         reported["last"] = offset["steps"] + step
-        return trial.should_prune()
+        return prunable and trial.should_prune()
 
     t0 = time.perf_counter()
     values, run_ids, trained = [], [], 0

@@ -241,12 +241,15 @@ def test_a_trial_over_seeds_is_told_their_mean(tmp_path, tmp_mlflow_uri, capsys)
 def test_pruned_trials_stop_early_and_are_recorded(tmp_path, tmp_mlflow_uri, capsys):
     # A threshold no model reaches: every trial is pruned at its first validation (step 2).
     # No trial completed, so there is no result to export: the sweep says so and exits 1.
-    path = write_sweep(tmp_path, trials=2, pruner={"name": "threshold", "lower": 2.0})
+    # (Without the baseline trial, which is never pruned: the next test.)
+    path = write_sweep(
+        tmp_path, trials=2, pruner={"name": "threshold", "lower": 2.0}, baseline=False
+    )
     assert main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"]) == 1
     captured = capsys.readouterr()
     assert "ended with no completed trial (0 failed, 2 pruned of 2)" in captured.err
     assert "trial-steps trained 4 of 12 without pruning (saved 67%)" in captured.out
-    assert "the run config's own values (trial 0) have no value (pruned)" in captured.out
+    assert "no trial ran the run config's own values (baseline)" in captured.out
     trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert [t.user_attrs["steps_trained"] for t in trials] == [2, 2]
@@ -261,6 +264,21 @@ def test_pruned_trials_stop_early_and_are_recorded(tmp_path, tmp_mlflow_uri, cap
         for r in runs
     )
     assert not any(k.startswith("test/") for r in runs for k in r.data.metrics)
+
+
+@pytest.mark.slow  # trains smoke trials
+def test_the_baseline_trial_is_never_pruned(tmp_path, tmp_mlflow_uri, capsys):
+    """The run config's own values are what a sweep is judged against: the pruner that stops
+    every other trial at its first validation lets the baseline train to the end."""
+    path = write_sweep(tmp_path, trials=2, pruner={"name": "threshold", "lower": 2.0})
+    assert main(["run", str(path), "launcher=debug", f"output_dir={tmp_path / 'runs'}"]) == 0
+    out = capsys.readouterr().out
+    trials = trials_of(path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert trials[0].user_attrs["baseline"] is True
+    assert set(trials[0].intermediate_values) == {2, 4, 6}  # it still reports
+    assert [t.user_attrs["steps_trained"] for t in trials] == [6, 2]
+    assert "the sweep found nothing better" in out
 
 
 @pytest.mark.slow  # trains smoke trials
