@@ -456,11 +456,14 @@ def _other_model_key(key: str, name: str) -> str | None:
                 f"model.{key} is a {other.upper()} flag; {name.upper()} takes "
                 f"{', '.join('model.' + f for f in ABLATION_FLAGS[name])}"
             )
-    if key == "support_modulation":
-        return "model.support_modulation is a PSALM setting; CHEAF has no modulation"
-    if key == "support_tokens":
-        return "model.support_tokens is a PSALM setting (CHEAF's support is always one token)"
-    return None
+    return _PSALM_ONLY.get(key)
+
+
+# PSALM's settings that are not ablation flags, and why CHEAF has none of them
+_PSALM_ONLY = {
+    "support_modulation": "model.support_modulation is a PSALM setting; CHEAF has no modulation",
+    "support_tokens": "model.support_tokens is a PSALM setting; CHEAF's support is one token",
+}
 
 
 def _parse(

@@ -100,46 +100,41 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
         return prunable and trial.should_prune()
 
     t0 = time.perf_counter()
+    trial.set_user_attr("config_hash", job.specs[0].config_hash)
     values, run_ids, trained = [], [], 0
-    for i, spec in enumerate(job.specs):
-        offset["steps"] = i * sweep.steps
-        with _Heartbeat(storage, trial_id, sweep.heartbeat_s):
+
+    def tell(state: TrialState, steps: int, value: float | None = None) -> None:
+        trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
+        trial.set_user_attr("steps_trained", steps)
+        study.tell(job.number, value, state=state)
+
+    with _Heartbeat(storage, trial_id, sweep.heartbeat_s):
+        for i, spec in enumerate(job.specs):
+            offset["steps"] = i * sweep.steps
             try:
                 result = run(spec, on_validation=on_validation)
             except Exception as exc:
                 trial.set_user_attr("failure", f"{type(exc).__name__}: {exc}"[:2000])
-                trial.set_user_attr(
-                    "steps_trained", trained + max(0, reported["last"] - offset["steps"])
-                )
-                study.tell(job.number, state=TrialState.FAIL)
+                tell(TrialState.FAIL, trained + max(0, reported["last"] - offset["steps"]))
                 log.warning(f"[{job.label}] failed: {exc}")
                 return {"number": job.number, "state": "FAIL", "error": str(exc)}
-        run_ids.append(result["run_id"])
-        trial.set_user_attr("run_id", run_ids[0])
-        if len(job.specs) > 1:
-            trial.set_user_attr("run_ids", run_ids)
-        if result.get("pruned_at"):
-            trial.set_user_attr("config_hash", job.specs[0].config_hash)
-            trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
-            trial.set_user_attr("steps_trained", trained + int(result["pruned_at"]))
-            study.tell(job.number, state=TrialState.PRUNED)
-            return {
-                "number": job.number,
-                "state": "PRUNED",
-                "step": offset["steps"] + int(result["pruned_at"]),
-            }
-        value = result.get(sweep.metric)
-        if value is None:
-            trial.set_user_attr("failure", f"the run recorded no {sweep.metric}")
-            study.tell(job.number, state=TrialState.FAIL)
-            return {"number": job.number, "state": "FAIL", "error": f"no {sweep.metric}"}
-        values.append(float(value))
-        trained += 0 if result.get("skipped") else sweep.steps
-    trial.set_user_attr("config_hash", job.specs[0].config_hash)
-    trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
-    trial.set_user_attr("steps_trained", trained)
+            run_ids.append(result["run_id"])
+            trial.set_user_attr("run_id", run_ids[0])
+            if len(job.specs) > 1:
+                trial.set_user_attr("run_ids", run_ids)
+            if result.get("pruned_at"):
+                tell(TrialState.PRUNED, trained + int(result["pruned_at"]))
+                step = offset["steps"] + int(result["pruned_at"])
+                return {"number": job.number, "state": "PRUNED", "step": step}
+            value = result.get(sweep.metric)
+            if value is None:
+                trial.set_user_attr("failure", f"the run recorded no {sweep.metric}")
+                tell(TrialState.FAIL, trained + sweep.steps)
+                return {"number": job.number, "state": "FAIL", "error": f"no {sweep.metric}"}
+            values.append(float(value))
+            trained += 0 if result.get("skipped") else sweep.steps
     if len(values) > 1:
         trial.set_user_attr("seed_values", values)
     value = sum(values) / len(values)
-    study.tell(job.number, value)
+    tell(TrialState.COMPLETE, trained, value)
     return {"number": job.number, "state": "COMPLETE", "value": value}
