@@ -159,8 +159,14 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
         seeds = list(range(schedule.seeds_start))
     if isinstance(models, str) or not all(isinstance(m, str) for m in models):
         raise ConfigError(f"models must be a list such as models=[psalm,cheaf], got {models!r}")
-    if isinstance(seeds, int | str) or not all(isinstance(s, int) for s in seeds):
+    if isinstance(seeds, int | str) or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in seeds
+    ):
         raise ConfigError(f"seeds must be a list of integers such as seeds=[0,1,2], got {seeds!r}")
+    for key, values in (("models", models), ("seeds", seeds)):
+        repeated = sorted({v for v in values if list(values).count(v) > 1}, key=str)
+        if repeated:  # a repeated seed is one run counted twice: a falsely narrow interval
+            raise ConfigError(f"{key}={list(values)} repeats {repeated}; list each once")
     known = group_options("model")
     unknown = [m for m in models if m not in known]
     if unknown:

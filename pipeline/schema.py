@@ -177,7 +177,7 @@ class DataConfig(Group):
 
 @dataclass(frozen=True)
 class SyntheticData(DataConfig):
-    split_seed: int = key()
+    split_seed: int = key(NON_NEGATIVE_INT)
     n_val: int = key(NON_NEGATIVE_INT)
     n_test: int = key(NON_NEGATIVE_INT)
     episodes_per_canvas: int = key(POSITIVE_INT)
@@ -200,7 +200,7 @@ class CocoData(DataConfig):
 class VideoSynthetic(Group):
     """``data.synthetic``: the embedded video benchmark, used when the four paths are null."""
 
-    seed: int = key()
+    seed: int = key(NON_NEGATIVE_INT)
     n_train: int = key(POSITIVE_INT)
     n_test: int = key(POSITIVE_INT)
     frames: int = key(POSITIVE_INT)
@@ -221,7 +221,7 @@ class VideoData(DataConfig):
     val_fraction: float = key(HELD_OUT)
     n_val: int | None = key(AT_MOST)  # frames per video (null: all)
     n_test: int | None = key(AT_MOST)
-    split_seed: int = key()
+    split_seed: int = key(NON_NEGATIVE_INT)
     synthetic: VideoSynthetic = key()
 
     def problems(self) -> list[str]:
@@ -398,7 +398,7 @@ GROUPS = ("model", "data", "train", "eval", "label", "tracking", "launcher")
 class _TopLevel(Group):
     """The keys of ``conf/config.yaml`` outside the groups (``RunConfig`` says what they are)."""
 
-    seed: int = key()
+    seed: int = key(NON_NEGATIVE_INT)  # numpy's and the data's generators refuse negatives
     profile: str | None = key()
     output_dir: str = key(must("must name a folder", bool))
     init_from: str | None = optional_key(

@@ -173,7 +173,14 @@ def test_a_run_override_for_the_studied_model_only_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     ("override", "meaning"),
-    [("models=cheaf", ("cheaf",)), ("seeds=0", (0,)), ("seeds=[a]", None)],
+    [
+        ("models=cheaf", ("cheaf",)),
+        ("seeds=0", (0,)),
+        ("seeds=[a]", None),
+        ("seeds=[0,1,0]", None),  # seed 0's run would count twice in the interval
+        ("seeds=[true]", None),
+        ("models=[psalm,psalm]", None),
+    ],
 )
 def test_study_settings_are_understood_or_refused_clearly(
     override: str, meaning: tuple | None
@@ -189,6 +196,7 @@ def test_study_settings_are_understood_or_refused_clearly(
     except Exception as exc:  # the CLI would show a traceback
         pytest.fail(f"load_study('pyramid', [{override!r}]) raised {type(exc).__name__}: {exc}")
     got = study.models if key == "models" else study.seeds
+    assert meaning is not None, f"load_study('pyramid', [{override!r}]) accepted {key}={got}"
     assert got == meaning, f"load_study('pyramid', [{override!r}]) read {key} as {got}"
 
 

@@ -156,6 +156,9 @@ def test_a_current_config_is_left_as_it_is() -> None:
          "or false"),
         (lambda c: c.update(seedd=1), "unknown config key 'seedd'; did you mean seed?"),
         (lambda c: c["launcher"].update(kind="cloud"), "kind='cloud' is not one of"),
+        # a negative seed used to pass here and fail inside the dispatched job (numpy refuses it)
+        (lambda c: c.update(seed=-1), "seed must be an integer >= 0, got -1"),
+        (lambda c: c["data"].update(split_seed=-3), "data.split_seed must be an integer >= 0"),
     ],
 )  # fmt: skip
 def test_a_saved_config_with_a_bad_key_is_refused_naming_it(change, message: str) -> None:
