@@ -100,7 +100,9 @@ def _report(args: argparse.Namespace) -> int:
 def _notebook(args: argparse.Namespace) -> int:
     from analysis.dashboard import DEFAULT_REPORTS
     from analysis.notebook import run_notebook
+    from analysis.runs import load_runs
 
+    load_runs(args.study, args.tracking_uri)  # an unknown study: one line, before any kernel starts
     out = DEFAULT_REPORTS if args.out is None else args.out
     notebook, page = run_notebook(args.study, out, args.tracking_uri, args.metric)
     print(notebook)

@@ -22,7 +22,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+
+# re-exported: the pipeline's commands take them from here (psalm.benchmark from psalm.cli_args)
+from psalm.cli_args import OneLineParser as OneLineParser
+from psalm.cli_args import positive_int as positive_int
 
 DEBUG_HINT = "--debug or HYDRA_FULL_ERROR=1 shows the traceback"
 # Errors a user causes with a bad value, path or file: exit 2 and no exception type in the line.
@@ -79,13 +82,6 @@ def _guarded(body: Callable[[], int | None], debug: bool) -> int:
         code = 2 if is_input_error(exc) else 1
         print(f"error: {one_line(exc)} ({DEBUG_HINT})", file=sys.stderr, flush=True)
         return code
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with one error line (not the usage block) and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def verbosity_flags() -> argparse.ArgumentParser:

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli import OneLineParser, guarded, positive_int
 from pipeline.dispatch.launcher import JOB_DEFAULTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -349,18 +350,27 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m pipeline.profile",
         description="Time each part of a training step and a test evaluation (make profile).",
     )
     parser.add_argument("overrides", nargs="*", help="run overrides, e.g. profile=smoke")
     parser.add_argument("--models", nargs="+", default=["psalm", "cheaf"], help="model configs")
-    parser.add_argument("--steps", type=int, default=8, help="timed training steps (default 8)")
+    parser.add_argument(
+        "--steps", type=positive_int, default=8, help="timed training steps (default 8)"
+    )
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast steps")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "profile")
     args = parser.parse_args(argv)
-    from pipeline.commands import apply_job_defaults
+    return guarded(lambda: _profile(args), debug=False)
 
+
+def _profile(args: argparse.Namespace) -> int:
+    from pipeline.commands import apply_job_defaults
+    from pipeline.config import check_spec, make_spec
+
+    for name in args.models:  # a bad model or override: one line, before anything is timed
+        check_spec(make_spec([f"model={name}", *args.overrides]))
     apply_job_defaults()  # time what a dispatched run gets (huge pages), before torch allocates
     import torch
 

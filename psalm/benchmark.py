@@ -27,7 +27,6 @@ Writes ``reports/benchmark.json`` (``--out``) and prints the table beside the re
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -36,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from psalm.cli_args import OneLineParser
 
 if TYPE_CHECKING:
     import torch
@@ -419,9 +420,7 @@ def format_table(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m psalm.benchmark", description=__doc__.split("\n\n")[0]
-    )
+    parser = OneLineParser(prog="python -m psalm.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--input-size", type=int, default=640, help="image side, multiple of 32")
     parser.add_argument(
@@ -451,6 +450,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true", help="also print each model's top ops")
     parser.add_argument("--out", default="reports/benchmark.json")
     args = parser.parse_args(argv)
+    problems = [
+        f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}"
+        for name, least in (("batch", 1), ("warmup", 0), ("repeats", 1), ("peer_repeats", 1))
+        if getattr(args, name) < least
+    ]
+    if args.input_size < 32 or args.input_size % 32:
+        problems.append(f"--input-size must be a positive multiple of 32, got {args.input_size}")
+    if args.threads is not None and args.threads < 1:
+        problems.append(f"--threads must be at least 1, got {args.threads}")
+    peer = args.peer_threads.split(",") if args.peer_threads else []
+    if not all(t.strip().isdigit() and int(t) >= 1 for t in peer):
+        problems.append(f"--peer-threads must list thread counts such as 1,2, got {peer}")
+    if problems:  # before torch loads and before reports/benchmark.json is touched
+        parser.error("; ".join(problems))
     cpu_pages = huge_pages(args.cpu_pages)  # before torch allocates anything
     import torch  # after the arguments: `--help` and usage errors need no torch
 

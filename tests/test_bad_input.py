@@ -23,6 +23,8 @@ from test_data_coco import write_coco
 
 import ablations.__main__ as ablations_cli
 import analysis.__main__ as analysis_cli
+import pipeline.profile as profile_cli
+import psalm.benchmark as benchmark_cli
 import psalm.evaluate as evaluate_cli
 import psalm.train as train_cli
 import sweeps.__main__ as sweeps_cli
@@ -174,6 +176,21 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {},
         "nosuch",
     ),
+    # the notebook used to start a kernel and fail inside it, with the cell's traceback
+    ("unknown study's notebook", analysis_cli, lambda t: ["notebook", "nosuch"], {}, "nosuch"),
+    # a repeated seed would be one run counted as two in the study's interval
+    ("repeated seed", ablations_cli, lambda t: ["run", "pyramid", "seeds=[0,0]"], {}, "repeats"),
+    # a negative seed used to be dispatched and fail in every job
+    (
+        "negative seed",
+        ablations_cli,
+        lambda t: ["run", "pyramid", "seeds=[-1]", *SMOKE],
+        {},
+        "seed",
+    ),
+    ("profile of an unknown model", profile_cli, lambda t: ["model=nosuch"], {}, "nosuch"),
+    ("profile of 0 steps", profile_cli, lambda t: ["--steps", "0"], {}, "--steps"),
+    ("benchmark on 0 threads", benchmark_cli, lambda t: ["--threads", "0"], {}, "--threads"),
 ]
 
 
