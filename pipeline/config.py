@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import psalm
 from pipeline.schema import ConfigError, did_you_mean, migrate, validate_config
-from psalm.options import EVAL_MODES
+from psalm.options import EVAL_MODES, level_of_side
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -240,7 +243,38 @@ def check_data(spec: RunSpec) -> None:
     if data_cfg["name"] in ("coco", "video"):  # video: also decodes each video once (cache)
         from pipeline.run import build_data
 
-        build_data(data_cfg).validate(spec.config["train"]["shots"])
+        data = build_data(data_cfg)
+        data.validate(spec.config["train"]["shots"])
+        warning = unmatchable_boxes(spec.config["model"], data.box_sides(), data_cfg["image_size"])
+        if warning:
+            _warn_once(warning)  # a study checks each model and seed: one warning is enough
+
+
+@lru_cache(maxsize=64)
+def _warn_once(text: str) -> None:
+    log.warning(text)
+
+
+def unmatchable_boxes(model: Mapping[str, Any], sides: Sequence[float], canvas: int) -> str | None:
+    """What to tell a user whose boxes land on a level whose template has one cell: centred, such
+    a template is zero, so that level's similarity is 0 and, with the gate, its scores stay at
+    σ(bias) (about 0.007 once trained): those objects cannot be found by their support. The
+    glyph benchmark (16-64 px) never uses P5, whose default template has one cell."""
+    if not (model["support_in_head"] and model["head_similarity"] == "template") or not sides:
+        return None
+    blind = [level for level, cells in enumerate(model["template_cells"]) if cells == 1]
+    hit = [s for s in sides if level_of_side(s) in blind]
+    if not hit:
+        return None
+    names = ", ".join(f"P{level + 2}" for level in blind)
+    cells = [3 if c == 1 else c for c in model["template_cells"]]
+    return (
+        f"{len(hit)} of {len(sides)} boxes ({len(hit) / len(sides):.0%}; long sides "
+        f"{min(hit):.0f}-{max(hit):.0f} px on the {canvas} px canvas) are found on {names}, whose "
+        f"template has one cell (model.template_cells={list(model['template_cells'])}): it cannot "
+        f"match, so those objects cannot be told apart by their support. Use "
+        f"'model.template_cells={cells}' (README, \"Your own data\")."
+    )
 
 
 def check_init_from(spec: RunSpec) -> None:

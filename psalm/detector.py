@@ -66,6 +66,7 @@ from torch import Tensor, nn
 from psalm.boxes import nms
 from psalm.options import (  # defined without torch; re-exported here
     HEAD_SIMILARITIES,
+    LEVEL_SIZES,
     MATCH_ON,
     STRIDES,
     SUPPORT_MODES,
@@ -158,7 +159,7 @@ class FewShotDetector(nn.Module):
         backbone_channels: Sequence[int] = (32, 64, 128, 256),
         fused_channels: Sequence[int] = (128, 256, 512, 512),
         head_channels: int = 64,
-        level_sizes: Sequence[float] = (16, 32, 64, 128),
+        level_sizes: Sequence[float] = LEVEL_SIZES,
         support_in_head: bool = False,
         embed_dim: int = 64,
         match_temperature: float = 0.1,

@@ -21,6 +21,7 @@ SUPPORT_MODES = ("normal", "none", "bypass")  # how the detector passes the supp
 MATCH_ON = ("fused", "backbone")  # the maps the detector's head matches the support on
 HEAD_SIMILARITIES = ("prototype", "template")  # how the head compares query and support
 STRIDES = (4, 8, 16, 32)  # of the levels P2..P5
+LEVEL_SIZES = (16.0, 32.0, 64.0, 128.0)  # the typical long side (px) of an object on P2..P5
 
 EVAL_MODES = ("normal", "none", "bypass", "shuffled")  # the support an evaluation gives
 PRECISIONS = ("fp32", "bf16")  # train.precision: the training step's arithmetic
@@ -30,3 +31,10 @@ def template_map_cells(side: int, level: int) -> int:
     """Cells of a ``side`` px template's map on level P(level + 2): the most
     ``template_cells[level]`` may pool it to."""
     return math.ceil(side / STRIDES[level])
+
+
+def level_of_side(side: float, level_sizes: tuple[float, ...] = LEVEL_SIZES) -> int:
+    """The level (0 for P2) a box of this long side (px, on the canvas) is trained and found on:
+    the typical size nearest in log scale, as ``FewShotDetector.assign_level`` assigns it."""
+    logs = [abs(math.log(max(side, 1.0)) - math.log(s)) for s in level_sizes]
+    return logs.index(min(logs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -171,6 +172,15 @@ def test_images_are_letterboxed_and_boxes_scaled(tmp_path: Path) -> None:
     assert image["scale"] == pytest.approx([0.64, 0.64]) and image["orig_width"] == 50
     batch = data.train_batch(0, batch_size=4, shots=1, seed=0)
     assert batch.queries.shape == (4, 3, 64, 64) and batch.supports.shape == (4, 1, 3, 32, 32)
+
+
+def test_box_sides_are_the_long_sides_on_the_canvas(tmp_path: Path) -> None:
+    """Every non-crowd box of the train and test files, scaled as the canvas scales it."""
+    data = make(tmp_path)
+    scale = {1: 0.8, 2: 0.8, 3: 0.64}  # 80x60, 80x60, 50x100 into 64x64
+    boxes = inspect.signature(write_coco).parameters["boxes"].default
+    expected = [max(w, h) * scale[image] for image, _, (_, _, w, h) in boxes] * 2  # train, test
+    assert sorted(data.box_sides()) == pytest.approx(sorted(expected))
 
 
 def test_training_uses_only_images_free_of_novel_classes(tmp_path: Path) -> None:

@@ -143,6 +143,17 @@ def test_episode_boxes_are_the_annotation_in_the_model_frame(
     assert checked > 0
 
 
+def test_box_sides_are_every_annotated_box_in_the_model_frame(
+    data: VideoFewShot, bench: dict[str, Path]
+) -> None:
+    sides = []
+    for ann in ("train_ann", "test_ann"):
+        for entry in json.loads(bench[ann].read_text()):
+            for a in entry["annotations"]:
+                sides += [max(b["x2"] - b["x1"], b["y2"] - b["y1"]) * SCALE for b in a["bboxes"]]
+    assert sorted(data.box_sides()) == pytest.approx(sorted(sides))
+
+
 @pytest.mark.parametrize("share", [0.0, 1.0])
 def test_background_share_sets_frames_without_the_target(
     bench: dict[str, Path], data: VideoFewShot, share: float

@@ -11,6 +11,7 @@ import torch
 
 from psalm.data import SyntheticGlyphs
 from psalm.detector import FewShotDetector, _correlate
+from psalm.options import level_of_side
 from psalm.registry import build_fusion
 
 CHANNELS = [8, 16, 16, 16]
@@ -95,6 +96,16 @@ def test_a_one_cell_template_cannot_match_and_three_cells_can() -> None:
     assert _correlate(query, query[:, :, 2:3, 2:3]).abs().max() == 0
     similarity = _correlate(query, query[:, :, 2:5, 3:6])
     assert [divmod(int(s.flatten().argmax()), 8) for s in similarity] == [(3, 4), (3, 4)]
+
+
+def test_the_pre_dispatch_level_rule_is_the_detectors() -> None:
+    """``psalm.options.level_of_side`` (the data check's rule, without torch) assigns every box
+    to the level ``FewShotDetector.assign_level`` trains it on."""
+    sides = torch.tensor([1.0, 8, 16, 22.6, 22.7, 30, 45.2, 45.3, 64, 90.4, 90.6, 128, 500])
+    boxes = torch.stack([torch.zeros_like(sides), torch.zeros_like(sides), sides, sides / 2], 1)
+    expected = _detector().assign_level(boxes).tolist()
+    assert [level_of_side(float(s)) for s in sides] == expected
+    assert expected[-4:] == [2, 3, 3, 3]  # P5 begins at sqrt(64 · 128) ≈ 90.5 px
 
 
 def test_each_levels_template_matches_glyphs_of_that_levels_size() -> None:

@@ -419,6 +419,52 @@ def test_the_config_hash_follows_the_coco_annotations(
         test_ann.write_text(original)
 
 
+def _tiny_coco(root: Path, image_size: int) -> list[str]:
+    from test_data_coco import write_coco
+
+    train_ann, train_images = write_coco(root, "train")
+    test_ann, test_images = write_coco(root, "test")
+    return [
+        "data=coco",
+        f"data.train_ann={train_ann}",
+        f"data.train_images={train_images}",
+        f"data.test_ann={test_ann}",
+        f"data.test_images={test_images}",
+        "data.novel_classes=[dog]",
+        f"data.image_size={image_size}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("image_size", "cells", "warned"),
+    [(320, None, True), (320, "[7,5,5,3]", False), (64, None, False)],
+)
+def test_boxes_on_a_level_that_cannot_match_are_warned_about_before_dispatch(
+    image_size: int, cells: str | None, warned: bool, tmp_path: Path, caplog
+) -> None:
+    """At a 320 px canvas four of the seven boxes of each file become 96-128 px: P5's, whose default
+    template has one cell and cannot match. The check says so, with the remedy, once per study
+    (it checks every model and seed); three cells, or a canvas that keeps them small, are fine."""
+    from ablations.study import expand, load_study
+    from pipeline.config import _warn_once
+
+    _warn_once.cache_clear()  # once per process: an earlier test may have warned the same
+    overrides = [*_tiny_coco(tmp_path, image_size), "profile=smoke"]
+    if cells:
+        overrides.append(f"model.template_cells={cells}")
+    with caplog.at_level("WARNING", logger="pipeline.config"):
+        check_spec(make_spec(overrides))
+        expand(load_study("pyramid", ["seeds=[0,1]"]), overrides)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if not warned:
+        assert warnings == []
+        return
+    assert len(warnings) == 1, warnings
+    assert "are found on P5, whose template has one cell" in warnings[0]
+    assert "'model.template_cells=[7, 5, 5, 3]'" in warnings[0]
+    assert warnings[0].startswith("8 of 14 boxes (57%; long sides 96-128 px on the 320 px canvas)")
+
+
 # --- config validation ----------------------------------------------------------------------
 
 

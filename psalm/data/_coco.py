@@ -218,6 +218,18 @@ class CocoFewShot:
                 f"{shown}. Lower shots or min_support_size, or add annotations."
             )
 
+    def box_sides(self) -> list[float]:
+        """Long sides on the canvas of the non-crowd boxes of the train, val and test files."""
+        return [
+            max(a["bbox"][2] * sx, a["bbox"][3] * sy)
+            for coco in (self._train, self._val, self._test)
+            if coco is not None
+            for image_id, anns in coco.annotations.items()
+            for sx, sy in [self._scale(coco.images[image_id])]
+            for a in anns
+            if not a["iscrowd"]
+        ]
+
     def train_batch(self, step: int, batch_size: int, shots: int, seed: int) -> Batch:
         """Base-class episodes seeded per ``(seed, step, episode)``; supports come from other
         images than the query where the class has any."""

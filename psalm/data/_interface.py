@@ -70,3 +70,9 @@ class FewShotData(Protocol):
         """Raise :class:`DataError` if ``shots``-shot training or evaluation is impossible (e.g. a
         class has fewer than ``shots`` annotated instances). Called before jobs are dispatched."""
         ...
+
+    def box_sides(self) -> list[float]:
+        """The long side, in canvas pixels (after resizing to ``image_size``), of every annotated
+        box training and evaluation use; from annotations, so cheap after ``validate``. The
+        pipeline checks before dispatch that each box's level can match (``pipeline.config``)."""
+        ...

@@ -318,6 +318,10 @@ class SyntheticGlyphs:
             scenes.append(self._painter.plan_support(rs, cls, styles[order[k % len(styles)]]))
         return self._painter.render(scenes, self.support_size, self.support_size)
 
+    def box_sides(self) -> list[float]:
+        """The bounds of the glyphs' long sides (``glyph_sizes``): every glyph lies between."""
+        return [float(side) for side in self._painter.look.glyph_sizes]
+
     def validate(self, shots: int) -> None:
         """Any ``shots >= 1`` works here: supports are rendered, not sampled from annotations."""
         if int(shots) != shots or shots < 1:

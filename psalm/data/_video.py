@@ -235,6 +235,15 @@ class VideoFewShot:
                         f"the {w}x{h} frame"
                     )
 
+    def box_sides(self) -> list[float]:
+        """Long sides on the canvas of every annotated target box (decodes each video once,
+        as ``validate`` does, for its frame size)."""
+        sides = []
+        for video in self.videos.values():
+            scale = self._decode(video).scale
+            sides += [max(x2 - x1, y2 - y1) * scale for x1, y1, x2, y2 in video.boxes.values()]
+        return sides
+
     def train_batch(self, step: int, batch_size: int, shots: int, seed: int) -> Batch:
         """Episodes from training videos, seeded per ``(split_seed, seed, step, episode)``."""
         if batch_size < 1 or shots < 1:
