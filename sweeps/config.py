@@ -220,6 +220,14 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
                 )
     if pruner["name"] not in PRUNERS:
         problems.append(f"pruner.name={pruner['name']!r} is not one of {PRUNERS}")
+    elif report_every and pruner["name"] in ("hyperband", "median"):
+        # No trial is judged before every trial's warm-up has ended: the first report after the
+        # longest warm-up the space allows (at most the last step). At 150 steps Hyperband used to
+        # prune the long warm-ups just as they reached their peak lr (docs/results.md).
+        first = first_report_after_warmup(space, base, report_every)
+        pruner.setdefault(
+            "min_resource" if pruner["name"] == "hyperband" else "warmup_steps", first
+        )
     elif pruner["name"] != "none" and report_every == 0:
         problems.append(
             f"pruner.name={pruner['name']}: pruning needs intermediate values; set report_every "
@@ -269,6 +277,21 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         seeds=seeds,
         settings=cfg,
     )
+
+
+def first_report_after_warmup(
+    space: Sequence[Param], base: Mapping[str, Any], report_every: int
+) -> int:
+    """The first validation step after the longest warm-up a trial can draw (the space's
+    ``model.warmup_steps`` high end, else the run's own, times ``train.warmup_scale``)."""
+    warmup = base["model"]["warmup_steps"]
+    for p in space:
+        if p.key == "model.warmup_steps":
+            warmup = max(p.choices) if p.kind == "categorical" else p.high
+    longest = round(warmup * base["train"]["warmup_scale"])
+    steps = base["train"]["steps"]
+    first = (longest // report_every + 1) * report_every
+    return min(first, steps // report_every * report_every) or report_every
 
 
 def _seeds(value: Any, problems: list[str]) -> tuple[int, ...]:

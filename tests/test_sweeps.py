@@ -145,6 +145,41 @@ def test_the_shipped_sweeps_are_valid(monkeypatch):
         assert sweep.sweep_id == f"{name}-smoke"
 
 
+@pytest.mark.parametrize(
+    ("name", "overrides", "key", "first"),
+    [
+        ("psalm", [], "min_resource", 300),  # warm-ups up to 1500 × warmup_scale 0.1 = 150
+        ("cheaf", [], "min_resource", 450),  # up to 3000 × 0.1 = 300: judged at 450, not 300
+        ("psalm", ["pruner.name=median"], "warmup_steps", 300),
+        ("psalm", ["space.model.warmup_steps.high=600"], "min_resource", 150),  # 60: first report
+        ("psalm", ["pruner.min_resource=150"], "min_resource", 150),  # the user's own wins
+    ],
+)
+def test_no_trial_is_judged_before_the_longest_warmup_has_ended(name, overrides, key, first):
+    """The pruner's first comparison comes after the longest warm-up a trial can draw: at step
+    150 Hyperband pruned the long warm-ups just as they reached their peak lr."""
+    sweep = load_sweep(name, overrides)
+    assert sweep.pruner[key] == first
+
+
+def test_the_median_pruner_waits_for_the_warmup(tmp_path):
+    """A trial behind the others at step 150 (still warming up) is kept; at 300 it is pruned."""
+    from sweeps.study import make_pruner
+
+    sweep = load_sweep("psalm", ["pruner.name=median", "pruner.startup_trials=1"])
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(sweep))
+    for _ in range(2):
+        trial = study.ask()
+        for step in (150, 300, 450):
+            trial.report(0.5, step)
+        study.tell(trial, 0.5)
+    slow = study.ask()
+    slow.report(0.1, 150)
+    assert not slow.should_prune()
+    slow.report(0.1, 300)
+    assert slow.should_prune()
+
+
 # --- debug: end to end, pruning, deduplication ----------------------------------------------
 
 
