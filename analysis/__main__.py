@@ -171,6 +171,9 @@ def _analyze(args: argparse.Namespace, study: str) -> StudyAnalysis:
 def _warn_excluded(analysis: StudyAnalysis, stream) -> None:
     import pandas as pd
 
+    machines = machine_mix(analysis.runs)
+    if machines:
+        print(f"\nnote: {machines}", file=stream)
     excluded = analysis.deltas.excluded
     if excluded.empty:
         return
@@ -182,6 +185,24 @@ def _warn_excluded(analysis: StudyAnalysis, stream) -> None:
             f"{row.reason}",
             file=stream,
         )
+
+
+def machine_mix(runs: pd.DataFrame) -> str:
+    """A sentence when the study's runs were computed on more than one kind of machine
+    (instruction set, device, torch: the tags ``pipeline.run.machine_tags`` sets); else "".
+    Training is deterministic on one kind only, so a seed's arms trained on two kinds differ by
+    more than the ablation (about as much as two seeds do)."""
+    keys = [f"tags.machine.{k}" for k in ("isa", "device", "torch")]
+    if not set(keys) <= set(runs.columns):
+        return ""
+    kinds = runs[keys].dropna().astype(str).agg(" / ".join, axis=1).value_counts()
+    if len(kinds) < 2:
+        return ""
+    listed = ", ".join(f"{kind} ({count} run{'s' * (count != 1)})" for kind, count in kinds.items())
+    return (
+        f"the runs were computed on {len(kinds)} kinds of machine: {listed}; a seed's arms "
+        "are paired bit for bit only on one kind (tags machine.*)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -236,6 +236,7 @@ def _run_leased(
         run = tracker.client.get_run(handle.run_id)
         return {"run_id": handle.run_id, "skipped": True, "pruned_at": None, **run.data.metrics}
     device = _set_threads(cfg)
+    _tag_machine(tracker, handle, device)
     try:
         if spec.kind == "eval":
             metrics = _evaluate_trained(spec, handle, device)
@@ -254,6 +255,32 @@ def _run_leased(
     else:
         handle.finish("FINISHED")
     return {"run_id": handle.run_id, "skipped": False, "pruned_at": None, **metrics}
+
+
+def machine_tags(device: torch.device) -> dict[str, str]:
+    """What a run computed on: training is deterministic on one kind of machine, but another
+    instruction set (AVX2 against AVX-512, say) changes the float rounding and so the trajectory
+    (CHEAF seed 0: test nAP50 0.470 and 0.441 on two such machines, docs/results.md)."""
+    from psalm.benchmark import cpu_name
+
+    return {
+        "machine.cpu": cpu_name(),
+        "machine.isa": torch.backends.cpu.get_cpu_capability(),
+        "machine.device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "machine.torch": torch.__version__,
+        "machine.threads": str(torch.get_num_threads()),
+    }
+
+
+def _tag_machine(tracker: Tracker, handle, device: torch.device) -> None:
+    """Tag the run with ``machine_tags``; a run resumed on another kind of machine keeps the
+    first one's tags and gets ``machine.resumed_on`` (its result is of neither machine alone)."""
+    here = machine_tags(device)
+    before = tracker.client.get_run(handle.run_id).data.tags
+    if "machine.isa" not in before:
+        handle.set_tags(here)
+    elif any(before.get(k) != here[k] for k in ("machine.isa", "machine.device", "machine.torch")):
+        handle.set_tags({"machine.resumed_on": ", ".join(here[k] for k in sorted(here))})
 
 
 def _train(

@@ -208,3 +208,22 @@ def test_reporting_unchanged_results_again_rewrites_nothing_and_never_appends(tm
     client.log_metric(baseline.run_id, "test/nAP50", 0.99)  # the results change …
     assert report()[0] == run_id and page.stat().st_mtime_ns != first  # … so it is redrawn
     assert len(logged_rows(run_id)) == n_verdicts  # rewritten, not appended
+
+
+def test_a_study_computed_on_two_kinds_of_machine_says_so() -> None:
+    """Training is deterministic on one kind of machine only: the verdicts say when a study's
+    runs come from more than one (tags ``machine.*``, pipeline/run.py)."""
+    import pandas as pd
+
+    from analysis.__main__ import machine_mix
+
+    def runs(*isas: str) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"tags.machine.isa": isas, "tags.machine.device": "cpu", "tags.machine.torch": "2.13"}
+        )
+
+    assert machine_mix(runs("AVX2", "AVX2")) == ""
+    assert machine_mix(pd.DataFrame({"run_id": ["a"]})) == ""  # runs from before the tags
+    text = machine_mix(runs("AVX2", "AVX512", "AVX512"))
+    assert text.startswith("the runs were computed on 2 kinds of machine: ")
+    assert "AVX512 / cpu / 2.13 (2 runs), AVX2 / cpu / 2.13 (1 run)" in text

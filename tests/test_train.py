@@ -184,6 +184,10 @@ def test_smoke_run_records_the_contracted_mlflow_run(
     assert tags["arm"] == "baseline"
     assert tags["config_hash"] == t.spec.config_hash
     assert tags["git_sha"] not in ("", "unknown")
+    # what it computed on: another instruction set rounds differently, so trains differently
+    assert tags["machine.isa"] == torch.backends.cpu.get_cpu_capability()
+    assert tags["machine.device"] == "cpu" and tags["machine.torch"] == torch.__version__
+    assert tags["machine.cpu"] and tags["machine.threads"] == str(torch.get_num_threads())
 
     params = r.data.params
     expected = {k: str(v) for k, v in flatten(t.spec.config).items()}
@@ -287,10 +291,32 @@ def test_a_killed_run_resumes_into_the_same_run_and_ends_like_an_uninterrupted_o
     resumed = store.only_run(spec.config_hash, "resume")
     assert resumed.info.status == "FINISHED"
     assert resumed.data.tags.get("resumed") == "true"
+    assert "machine.resumed_on" not in resumed.data.tags  # the same machine resumed it
     assert store.steps(resumed.info.run_id, "train/loss") == list(range(1, STEPS + 1))
     reference = store.client.get_run(cheaf_run.run_id).data.metrics
     assert ap_values(resumed.data.metrics) == ap_values(reference)
     assert_same_weights(final_weights(spec), final_weights(cheaf_run.spec))
+
+
+def test_a_run_resumed_on_another_kind_of_machine_says_so(
+    tmp_mlflow_uri: str, tmp_path: Path
+) -> None:
+    """The first machine's tags stay; the second's go to ``machine.resumed_on``."""
+    from pipeline.run import _tag_machine, machine_tags
+
+    spec = make_spec([*SMOKE, f"output_dir={tmp_path}"])
+    tracker = Tracker(tmp_mlflow_uri, "machines")
+    handle = tracker.open(spec)
+    cpu = torch.device("cpu")
+    _tag_machine(tracker, handle, cpu)
+    _tag_machine(tracker, handle, cpu)  # resumed here: nothing to say
+    assert "machine.resumed_on" not in tracker.client.get_run(handle.run_id).data.tags
+    elsewhere = {**machine_tags(cpu), "machine.isa": "AVX512"}  # as if first trained there
+    handle.set_tags(elsewhere)
+    _tag_machine(tracker, handle, cpu)
+    tags = tracker.client.get_run(handle.run_id).data.tags
+    assert tags["machine.isa"] == "AVX512"
+    assert torch.backends.cpu.get_cpu_capability() in tags["machine.resumed_on"]
 
 
 @pytest.mark.slow
