@@ -208,9 +208,11 @@ def fit(
 def batch_losses(
     model: FewShotDetector, batch, settings: TrainSettings, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Forward and losses of one training batch, in ``settings.precision``. bf16 autocast pays
-    on GPUs and on CPUs with AMX or AVX-512 BF16; on a CPU without them (the AVX2 EPYC of
-    docs/results.md) a step ran ~7x slower: make profile --bf16."""
+    """Forward and losses of one training batch, in ``settings.precision``. On every CPU
+    measured so far, bf16 autocast was slower than fp32: 0.15x the speed on an AVX2 EPYC, 0.77x
+    on an AVX-512 BF16 EPYC, 0.90x (PSALM) and 0.54x (CHEAF) on an AMX Xeon, where the
+    depthwise convolutions' backward is the main cost (docs/results.md; make profile --bf16).
+    On a GPU it is untested here."""
     images = batch.queries.to(device).contiguous(memory_format=torch.channels_last)
     index = None if batch.query_index is None else batch.query_index.to(device)
     bf16 = settings.precision == "bf16"
