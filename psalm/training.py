@@ -210,7 +210,7 @@ def batch_losses(
 ) -> dict[str, torch.Tensor]:
     """Forward and losses of one training batch, in ``settings.precision``. On every CPU
     measured so far, bf16 autocast was slower than fp32: 0.15x the speed on an AVX2 EPYC, 0.77x
-    on an AVX-512 BF16 EPYC, 0.90x (PSALM) and 0.54x (CHEAF) on an AMX Xeon, where the
+    and 0.57x on an AVX-512 BF16 EPYC, 0.90x and 0.54x on an AMX Xeon (PSALM, CHEAF), where the
     depthwise convolutions' backward is the main cost (docs/results.md; make profile --bf16).
     On a GPU it is untested here."""
     images = batch.queries.to(device).contiguous(memory_format=torch.channels_last)
