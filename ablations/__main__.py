@@ -427,13 +427,22 @@ def _runs_summary(study: str, uri: str | None) -> str:
         return f"MLflow: {str(exc).split(';')[0]}"
     counts = runs["status"].value_counts()
     states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    shared = [
-        f"{row.run_name} ({row.status}, from study {row.study})"
-        for row in runs.itertuples()
-        if row.study != study
-    ]
+    shared = trained_elsewhere(runs, study)
     line = f"MLflow: {len(runs)} run(s): {states}"
-    return line + (f"; shared with other studies: {', '.join(shared)}" if shared else "")
+    return line + (f"; trained elsewhere: {', '.join(shared)}" if shared else "")
+
+
+def trained_elsewhere(runs, study: str) -> list[str]:
+    """``<run name> (<state>, from study <s>)`` for each of the study's runs (an
+    ``analysis.runs.load_runs`` frame) that another study trained, or ``trained outside any
+    study`` for one a plain ``psalm.train`` made and the study reused."""
+    out = []
+    for row in runs.itertuples():
+        if row.study == study:
+            continue
+        origin = f"from study {row.study}" if isinstance(row.study, str) and row.study else None
+        out.append(f"{row.run_name} ({row.status}, {origin or 'trained outside any study'})")
+    return out
 
 
 def _cancel(args: argparse.Namespace) -> int:

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
+import pandas as pd
 import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from ablations.__main__ import main
+from ablations.__main__ import main, trained_elsewhere
 from ablations.study import ALL, expand, load_study, study_folder, study_id
 from pipeline.config import ConfigError, RunSpec, flatten
 from pipeline.dispatch import LauncherConfig, dispatch, status, wait_for
@@ -245,6 +246,26 @@ def test_status_of_an_unknown_study_fails_with_a_message(
 ) -> None:
     assert main(["status", "no-such-study-x7", "--output-dir", str(tmp_path)]) != 0
     assert "no-such-study-x7" in capsys.readouterr().err
+
+
+def test_status_names_where_each_reused_run_was_trained() -> None:
+    # a study reuses any FINISHED run of the same identity: one another study trained, or one a
+    # plain `python -m psalm.train` made (no study tag; pandas may hold it as None or NaN)
+    runs = pd.DataFrame(
+        {
+            "run_name": ["psalm/baseline/seed0", "psalm/baseline/seed1", "psalm/no_conv/seed0"],
+            "status": ["FINISHED", "FINISHED", "RUNNING"],
+            "study": ["pyramid-default", float("nan"), "conv-default"],
+        }
+    )
+    assert trained_elsewhere(runs, "conv-default") == [
+        "psalm/baseline/seed0 (FINISHED, from study pyramid-default)",
+        "psalm/baseline/seed1 (FINISHED, trained outside any study)",
+    ]
+    runs["study"] = [None, "", "conv-default"]
+    assert [line.split(", ")[1] for line in trained_elsewhere(runs, "conv-default")] == [
+        "trained outside any study)"
+    ] * 2
 
 
 def _sleep(seconds: int) -> int:
@@ -572,4 +593,4 @@ def test_a_baseline_another_study_trained_is_in_this_studys_analysis(
     out = capsys.readouterr().out
     assert "psalm/no_conv/seed0" in out, out
     assert "2 run(s): 2 FINISHED" in out and "psalm/baseline/seed0" in out, out
-    assert "from study pytest-pyramid" in out, out
+    assert "trained elsewhere: " in out and "from study pytest-pyramid" in out, out
