@@ -13,6 +13,8 @@ The default profile's three were re-stored on purpose when that profile took hal
 fusion widths and a 32-channel head (2026-12-01; ``psalm/`` changed the same day as well).
 Every PSALM one was re-stored when ``model.support_tokens`` was added (2026-12-01, with a change
 to ``psalm/detector.py`` the same day).
+Every one was re-stored when ``train.match_weight``'s default went from 0 to 0.5 (2026-12-02;
+``psalm/`` unchanged, so runs made with ``train.match_weight=0.5`` before keep their identity).
 """
 
 from __future__ import annotations
@@ -52,56 +54,56 @@ STORED = {
     "default psalm": (
         [],
         {},
-        "9bfac97aaec4c38de730b444d7bffecf91a43acecd9f011543d41509e0c82afe",
+        "732b5c4c34e69728f74b12df50eb163f7b752c0ec781741d5d225fd7050d27c2",
     ),
     "cheaf": (
         ["model=cheaf"],
         {},
-        "732bf836bc1c660efca3fa891651cd99a5b986c3bd3240bde634b3c0704004f5",
+        "232e62a76d77772f9ceb91bdfdd084f7cfe3db2f3df59172a0463a048fdaa3ec",
     ),
     "smoke": (
         ["profile=smoke"],
         {},
-        "60457a7a6e5dc2a554249b28c9550ced7cd401f09e8899efdf66a46cd041b75d",
+        "751e7334ae45024ed438bc2deee85dbfacfc778e954282a1902ce44f5fb3a2bc",
     ),
     "no_pyramid study cell": (
         ["model=psalm", "seed=1", "model.use_pyramid=false", "profile=smoke",
          "label.study=pyramid-smoke", "label.ablation=pyramid", "label.arm=no_pyramid"],
         {},
-        "d9bb2ad6261ac6a3e5cea1fb275958d83f11ce39d92e6d3a06462809a27e8725",
+        "bb4c28e7eaa7f2850843a9497c56fc3055659eb9a26a5d165acaf171fae12135",
     ),
     "cheaf paper, no refinement or convolutions": (
         ["model=cheaf", "profile=paper", "model.use_pyramid_refinement=false",
          "model.use_short_long_conv=false"],
         {},
-        "9577cf27c15978993b065e600ad76ecf07027922002045d56c00cfa134144370",
+        "f8775778b08b078161c245c615c8103885ecaf50f96b4a0ef5f95a5cf5a08ed3",
     ),
     "eval spec": (
         ["model=cheaf", "profile=smoke", "seed=2"],
         {"kind": "eval", "eval_mode": "none", "eval_of": TRAINED},
-        "c2ed108235f81b9802606c61af7d0947203175fea5fcb3ec324757796789c851",
+        "79f2e4ffd334dbe8f332fc7126bc1d41d7c32321b5da5fef7c15b030ffff4356",
     ),
     "sweep trial": (
         SWEEP_TRIAL,
         {},
-        "92990ce0650e33aec98ec7c0c124513c1b6c22913d137062d69e6b666ba284d2",
+        "f2d21b770f4362584e109c7750f77ada724f3e5c992df27682a67e7b98257897",
     ),
     "coco": (
         [*COCO, "profile=smoke"],
         {},
-        "cd4c4302f5438d4d579f7d7a5e934c34a18293d99f1f4b72302d1662508cb3bb",
+        "eef9b3328ebce01a0a2164f4713cd16d80022d884aa15f6d3648d2015328de0a",
     ),
     "video": (
         ["data=video", "profile=smoke"],
         {},
-        "75434184031a91bb900f570845e67c14d35ac0737c03d88d7f4dd56a4c2f0e20",
+        "abb25a1d291aaa2aae88dbae2f13321f59d512d83bffb356b6128ed1111e7b37",
     ),
     "older detector and options": (
         ["model.match_on=backbone", "model.head_similarity=prototype",
          "model.support_modulation=layernorm", "train.precision=bf16", "data.clutter_prob=0.8",
          "eval.modes=[normal,none,shuffled]", "train.lr_scale=30"],
         {},
-        "5318064bf1dfa3a33be09f31a4c2c2d86858ca611ac5684d9b1107855cd989ba",
+        "179709027768b0ecfbfd5d127e2d936b1a82a403e2f245219cd8ee9354f15410",
     ),
 }  # fmt: skip
 
