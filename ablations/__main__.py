@@ -427,9 +427,9 @@ def _runs_summary(study: str, uri: str | None) -> str:
         return f"MLflow: {str(exc).split(';')[0]}"
     counts = runs["status"].value_counts()
     states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    shared = trained_elsewhere(runs, study)
+    elsewhere = trained_elsewhere(runs, study)
     line = f"MLflow: {len(runs)} run(s): {states}"
-    return line + (f"; trained elsewhere: {', '.join(shared)}" if shared else "")
+    return line + (f"; trained elsewhere: {', '.join(elsewhere)}" if elsewhere else "")
 
 
 def trained_elsewhere(runs, study: str) -> list[str]:
@@ -440,8 +440,9 @@ def trained_elsewhere(runs, study: str) -> list[str]:
     for row in runs.itertuples():
         if row.study == study:
             continue
-        origin = f"from study {row.study}" if isinstance(row.study, str) and row.study else None
-        out.append(f"{row.run_name} ({row.status}, {origin or 'trained outside any study'})")
+        named = isinstance(row.study, str) and row.study  # absent tags read as None or NaN
+        origin = f"from study {row.study}" if named else "trained outside any study"
+        out.append(f"{row.run_name} ({row.status}, {origin})")
     return out
 
 
