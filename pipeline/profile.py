@@ -185,7 +185,14 @@ def top_ops(model, data, settings, rows: int = 12) -> list[dict[str, Any]]:
         images = batch.queries.to(device).contiguous(memory_format=torch.channels_last)
         index = None if batch.query_index is None else batch.query_index.to(device)
         prediction = model(images, batch.supports.to(device), query_index=index)
-        loss = model.loss(prediction, batch.boxes, batch.class_ids, 0.0, settings.similarity_weight)
+        loss = model.loss(
+            prediction,
+            batch.boxes,
+            batch.class_ids,
+            settings.match_weight,
+            settings.similarity_weight,
+            settings.contrast_weight,
+        )
         opt.zero_grad(set_to_none=True)
         loss["loss"].backward()
         opt.step()

@@ -186,6 +186,7 @@ def train_settings(cfg: dict[str, Any]) -> TrainSettings:
         eval_every=train["eval_every"],
         match_weight=train["match_weight"],
         similarity_weight=train["similarity_weight"],
+        contrast_weight=train["contrast_weight"],
         precision=train["precision"],
     )
 

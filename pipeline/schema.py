@@ -253,6 +253,7 @@ class TrainConfig(Group):
     grad_clip: float = key(NON_NEGATIVE)
     match_weight: float = key(NON_NEGATIVE)
     similarity_weight: float = key(NON_NEGATIVE)
+    contrast_weight: float = key(NON_NEGATIVE)
     checkpoint_every: int = key(POSITIVE_INT)
     eval_every: int = key(NON_NEGATIVE_INT)
     threads: int = key(POSITIVE_INT)
@@ -581,6 +582,8 @@ ADDED_KEYS: tuple[tuple[str, str, Any, str | None], ...] = (
     ("train", "precision", "fp32", None),
     # the load-bearing figures were always measured on 64 test episodes
     ("eval", "diag_episodes", 64, None),
+    # the template contrast did not exist
+    ("train", "contrast_weight", 0.0, None),
     # sweep labels (MLflow tags only)
     ("label", "sweep", None, None),
     ("label", "trial", None, None),

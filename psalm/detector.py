@@ -148,6 +148,10 @@ class Prediction:
     query_embeddings: list[Tensor]  # per level (B, D, H, W), L2-normalised over D
     support_embeddings: list[Tensor]  # per level (B, D), L2-normalised
     similarities: list[Tensor] | None = None  # per level (B, 1, H, W) if support_in_head
+    # the template similarity's two sides, for the template contrast: per level the embedded
+    # query maps (B, D, H, W) and the support's template, averaged over the K shots (B, D, t, t)
+    matched_maps: list[Tensor] | None = None
+    templates: list[Tensor] | None = None
 
 
 class FewShotDetector(nn.Module):
@@ -344,10 +348,11 @@ class FewShotDetector(nn.Module):
         q_emb = [F.normalize(e, dim=1) for e in embedded]
         pooled = torch.cat([s.mean(dim=(1, 3, 4)) for s in support], dim=1)  # (B, ΣC)
         s_emb = [F.normalize(self.embed_support(pooled), dim=1)] * len(query)
-        levels, similarities = [], []
+        levels, similarities, mean_templates = [], [], []
         for i, f in enumerate(fused):
             if self.support_in_head and templates:
-                similarity = _correlate(embedded[i], templates[i].mean(dim=1))
+                mean_templates.append(templates[i].mean(dim=1))
+                similarity = _correlate(embedded[i], mean_templates[i])
             elif self.support_in_head:
                 similarity = torch.einsum("bdhw,bd->bhw", q_emb[i], s_emb[i])[:, None]
             if self.support_in_head:
@@ -361,7 +366,14 @@ class FewShotDetector(nn.Module):
                 log_p = log_p.clamp(max=-1e-6)
                 heat = log_p - torch.log(-torch.expm1(log_p))  # logit of the product
             levels.append(LevelOutput(heat, self.box(h)))
-        return Prediction(levels, q_emb, s_emb, similarities or None)
+        return Prediction(
+            levels,
+            q_emb,
+            s_emb,
+            similarities or None,
+            embedded if mean_templates else None,
+            mean_templates or None,
+        )
 
     # ------------------------------------------------------------------------------ training
 
@@ -378,18 +390,26 @@ class FewShotDetector(nn.Module):
         class_ids: Tensor | None = None,
         match_weight: float = 0.0,
         similarity_weight: float = 0.0,
+        contrast_weight: float = 0.0,
     ) -> dict[str, Tensor]:
         """Focal loss on the Gaussian heatmaps, L1 on centre offsets and log sizes, and (with
         ``match_weight`` > 0) the matching loss: each target's query embedding must be nearer its
         own episode's support embedding than the other episodes' (InfoNCE over the batch;
         episodes of the same class are not counted as negatives); and (with ``similarity_weight``
         > 0 and ``support_in_head``) the similarity loss: the focal loss on the similarity map
-        read as heatmap logits."""
+        read as heatmap logits; and (with ``contrast_weight`` > 0 and the template similarity) the
+        template contrast: at each target centre, the similarity map's value (the cosine with its
+        own episode's template) must exceed the cosines of the same window with the other
+        episodes' templates (InfoNCE over the batch, same-class episodes left out). The
+        similarity loss compares the template with other places of its own canvas; the
+        contrast compares the glyph with other classes' templates, the confusion that costs
+        the AP (docs/results.md, "where the AP is lost")."""
         heat_terms, box_terms = [], []
         num_pos = sum(len(b) for b in boxes)
         boxes = [b.cpu() for b in boxes]  # targets are built on the CPU, then moved once
         outputs = prediction.levels
         match_logits, match_labels = [], []
+        contrast_logits, contrast_labels = [], []
         sim_terms = []
         for level, out in enumerate(outputs):
             target, mask, box_target = (
@@ -409,21 +429,23 @@ class FewShotDetector(nn.Module):
                     logits = q @ prediction.support_embeddings[level].T  # (P, B)
                     match_logits.append(logits / self.match_temperature)
                     match_labels.append(episode)
+                if contrast_weight > 0 and prediction.templates is not None:
+                    cosines = _window_cosines(
+                        prediction.matched_maps[level], mask, prediction.templates[level]
+                    )
+                    contrast_logits.append(cosines / self.match_temperature)
+                    contrast_labels.append(mask.nonzero()[:, 0])
         norm = max(num_pos, 1)
         heat = torch.stack(heat_terms).sum() / norm
         box = torch.stack(box_terms).sum() / norm if box_terms else heat.new_zeros(())
         losses = {"heatmap": heat, "box": box}
         total = heat + box
         if match_weight > 0 and match_logits:
-            logits, labels = torch.cat(match_logits), torch.cat(match_labels)
-            if class_ids is not None:  # same-class episodes are not negatives
-                cls = class_ids.to(logits.device)
-                same = (cls[labels][:, None] == cls[None, :]) & (
-                    labels[:, None] != torch.arange(len(cls), device=logits.device)[None, :]
-                )
-                logits = logits.masked_fill(same, float("-inf"))
-            losses["match"] = F.cross_entropy(logits, labels)
+            losses["match"] = _episode_nce(match_logits, match_labels, class_ids)
             total = total + match_weight * losses["match"]
+        if contrast_weight > 0 and contrast_logits:
+            losses["contrast"] = _episode_nce(contrast_logits, contrast_labels, class_ids)
+            total = total + contrast_weight * losses["contrast"]
         if sim_terms:
             losses["similarity"] = torch.stack(sim_terms).sum() / norm
             total = total + similarity_weight * losses["similarity"]
@@ -502,6 +524,36 @@ class FewShotDetector(nn.Module):
             kept = nms(boxes, scores, nms_iou)[:top_k]
             results.append((boxes[kept], scores[kept]))
         return results
+
+
+def _episode_nce(logits: list[Tensor], labels: list[Tensor], class_ids: Tensor | None) -> Tensor:
+    """InfoNCE of (P, B) logits whose label is each row's episode; the other episodes of the
+    same class are not negatives (their columns are masked)."""
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    if class_ids is not None:
+        cls = class_ids.to(logits.device)
+        same = (cls[labels][:, None] == cls[None, :]) & (
+            labels[:, None] != torch.arange(len(cls), device=logits.device)[None, :]
+        )
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, labels)
+
+
+def _window_cosines(query: Tensor, mask: Tensor, templates: Tensor) -> Tensor:
+    """(P, B): the cosine between the t×t window of query maps (B, D, H, W) centred on each of
+    the P cells of ``mask`` (B, H, W) and every episode's template (B, D, t, t), centred and
+    zero-padded as ``_correlate`` does, so that column ``e`` of a row of episode ``e`` is the
+    similarity map's value at that cell."""
+    t = templates.shape[-1]
+    query = query - query.mean(dim=(2, 3), keepdim=True)
+    templates = templates - templates.mean(dim=(2, 3), keepdim=True)
+    padded = F.pad(query, (t // 2,) * 4)
+    episode, y, x = mask.nonzero().unbind(1)
+    offsets = torch.arange(t, device=query.device)
+    rows, cols = (y[:, None] + offsets)[:, :, None], (x[:, None] + offsets)[:, None, :]
+    windows = padded[episode[:, None, None], :, rows, cols]  # (P, t, t, D)
+    windows = F.normalize(windows.permute(0, 3, 1, 2).flatten(1), dim=1)
+    return windows @ F.normalize(templates.flatten(1), dim=1).T
 
 
 def _correlate(query: Tensor, template: Tensor) -> Tensor:

@@ -67,6 +67,7 @@ class TrainSettings:
     max_loss: float = 1e4  # a loss above this (or non-finite) ends the run as diverged
     match_weight: float = 0.0  # weight of the query–support matching loss (0: off)
     similarity_weight: float = 0.0  # weight of the focal loss on the head's similarity map
+    contrast_weight: float = 0.0  # weight of the template contrast (0: off)
     precision: str = "fp32"  # fp32 | bf16: forward and loss under bf16 autocast (PRECISIONS)
 
 
@@ -224,6 +225,7 @@ def batch_losses(
             batch.class_ids,
             settings.match_weight,
             settings.similarity_weight,
+            settings.contrast_weight,
         )
 
 

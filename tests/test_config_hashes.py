@@ -15,6 +15,8 @@ Every PSALM one was re-stored when ``model.support_tokens`` was added (2026-12-0
 to ``psalm/detector.py`` the same day).
 Every one was re-stored when ``train.match_weight``'s default went from 0 to 0.5 (2026-12-02;
 ``psalm/`` unchanged, so runs made with ``train.match_weight=0.5`` before keep their identity).
+Every one was re-stored when ``train.contrast_weight`` was added (2026-12-02, with a change to
+``psalm/detector.py``).
 """
 
 from __future__ import annotations
@@ -54,56 +56,56 @@ STORED = {
     "default psalm": (
         [],
         {},
-        "732b5c4c34e69728f74b12df50eb163f7b752c0ec781741d5d225fd7050d27c2",
+        "611d4befcbd141e3285de0d6bcc4e1c496c1978cde1e17d8cf44d37acf53a90c",
     ),
     "cheaf": (
         ["model=cheaf"],
         {},
-        "232e62a76d77772f9ceb91bdfdd084f7cfe3db2f3df59172a0463a048fdaa3ec",
+        "1d21908b08dc63e694c655286579fb42007631b165481b0890dd0ba11d564202",
     ),
     "smoke": (
         ["profile=smoke"],
         {},
-        "751e7334ae45024ed438bc2deee85dbfacfc778e954282a1902ce44f5fb3a2bc",
+        "3230cf6426c78691c277294e4806f7b9a4c6b521d183fee75645f44474253a83",
     ),
     "no_pyramid study cell": (
         ["model=psalm", "seed=1", "model.use_pyramid=false", "profile=smoke",
          "label.study=pyramid-smoke", "label.ablation=pyramid", "label.arm=no_pyramid"],
         {},
-        "bb4c28e7eaa7f2850843a9497c56fc3055659eb9a26a5d165acaf171fae12135",
+        "7062b422dc18cfb06b079769d322285575cd02e985a4a229af75ba1e756c3272",
     ),
     "cheaf paper, no refinement or convolutions": (
         ["model=cheaf", "profile=paper", "model.use_pyramid_refinement=false",
          "model.use_short_long_conv=false"],
         {},
-        "f8775778b08b078161c245c615c8103885ecaf50f96b4a0ef5f95a5cf5a08ed3",
+        "32512e1208e4ed76e8bc41d71799e2ab65fa69c6f724e1c26af875fa94a33b9d",
     ),
     "eval spec": (
         ["model=cheaf", "profile=smoke", "seed=2"],
         {"kind": "eval", "eval_mode": "none", "eval_of": TRAINED},
-        "79f2e4ffd334dbe8f332fc7126bc1d41d7c32321b5da5fef7c15b030ffff4356",
+        "ad690b6ea1f34716da9975d6c999b68b9b50cb3d03dbb1061deda0917413faed",
     ),
     "sweep trial": (
         SWEEP_TRIAL,
         {},
-        "f2d21b770f4362584e109c7750f77ada724f3e5c992df27682a67e7b98257897",
+        "80bb549b16c5178579794c9f75f4e4c98ebee7a7a6183c773994a14ee0ba279d",
     ),
     "coco": (
         [*COCO, "profile=smoke"],
         {},
-        "eef9b3328ebce01a0a2164f4713cd16d80022d884aa15f6d3648d2015328de0a",
+        "13a267e0ec9598c0162e6947e39c060a9e69f30edb55b99ba5dede845676f398",
     ),
     "video": (
         ["data=video", "profile=smoke"],
         {},
-        "abb25a1d291aaa2aae88dbae2f13321f59d512d83bffb356b6128ed1111e7b37",
+        "a64b9bf20ff9aecc6fdb7e482e8bac605c285eb34753f9d48478111e314a7adb",
     ),
     "older detector and options": (
         ["model.match_on=backbone", "model.head_similarity=prototype",
          "model.support_modulation=layernorm", "train.precision=bf16", "data.clutter_prob=0.8",
          "eval.modes=[normal,none,shuffled]", "train.lr_scale=30"],
         {},
-        "179709027768b0ecfbfd5d127e2d936b1a82a403e2f245219cd8ee9354f15410",
+        "241fb0ea3eb253e6960c98c2c3144a6520e2e37a166051248efcd22db65acf41",
     ),
 }  # fmt: skip
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from psalm.data import SyntheticGlyphs
-from psalm.detector import FewShotDetector, _correlate
+from psalm.detector import FewShotDetector, _correlate, _window_cosines
 from psalm.options import level_of_side
 from psalm.registry import build_fusion
 
@@ -163,6 +163,53 @@ def test_the_support_changes_the_prediction_and_none_only_leaves_the_fusion() ->
         none = model(canvas, supports[0], support_mode="none")
     assert not torch.allclose(a, b)
     assert none.similarities is not None  # the head still sees the support
+
+
+def _boxes_on_every_level(batch: int) -> list[torch.Tensor]:
+    """Per episode one box for each of P2, P3 and P4 (16, 32 and 60 px on a 64 px canvas)."""
+    boxes = torch.tensor([[2.0, 2.0, 18.0, 18.0], [28.0, 4.0, 60.0, 36.0], [2.0, 2.0, 62.0, 62.0]])
+    return [boxes + i for i in range(batch)]
+
+
+def test_the_template_contrast_reads_the_similarity_map_at_each_target() -> None:
+    """Column e of a target's row is the similarity map's value there when e is the target's
+    own episode, and the same window's cosine with episode e's template otherwise."""
+    model = _detector()
+    torch.manual_seed(4)
+    with torch.no_grad():
+        out = model(torch.rand(3, 3, 64, 64), torch.rand(3, 1, 3, 32, 32))
+    for level, similarity in enumerate(out.similarities):
+        mask = torch.zeros(similarity.shape[0], *similarity.shape[2:], dtype=torch.bool)
+        h, w = mask.shape[1:]
+        mask[0, h // 2, w // 2] = mask[1, -1, 0] = mask[2, 0, -1] = True
+        cosines = _window_cosines(out.matched_maps[level], mask, out.templates[level])
+        assert cosines.shape == (3, 3)
+        own = similarity[:, 0][mask]  # episodes 0, 1, 2 in mask order
+        torch.testing.assert_close(cosines.diagonal(), own, atol=1e-5, rtol=0)
+        for e in range(3):  # another episode's template over the same maps
+            swapped = _correlate(out.matched_maps[level], out.templates[level][[e] * 3])[:, 0]
+            torch.testing.assert_close(cosines[:, e], swapped[mask], atol=1e-5, rtol=0)
+
+
+def test_the_template_contrast_trains_the_matched_embedding_and_is_off_at_zero() -> None:
+    model = _detector().train()
+    torch.manual_seed(5)
+    out = model(torch.rand(3, 3, 64, 64), torch.rand(3, 1, 3, 32, 32))
+    boxes, classes = _boxes_on_every_level(3), torch.tensor([0, 1, 2])
+    off = model.loss(out, boxes, classes, similarity_weight=1.0)
+    on = model.loss(out, boxes, classes, similarity_weight=1.0, contrast_weight=0.5)
+    assert "contrast" not in off
+    assert math.isfinite(on["contrast"].item()) and on["contrast"].item() > 0
+    torch.testing.assert_close(on["loss"], off["loss"] + 0.5 * on["contrast"])
+    assert model.assign_level(boxes[0]).tolist() == [0, 1, 2]
+    on["contrast"].backward()
+    for level in range(3):  # the levels with targets (P5's template is one cell: no contrast)
+        grad = model.embed_query[level].weight.grad
+        assert grad is not None and grad.abs().sum() > 0, level
+    # same-class episodes are not negatives: with every episode of one class, nothing is left
+    # to contrast against, and the loss is zero
+    same = model.loss(out, boxes, torch.tensor([7, 7, 7]), contrast_weight=0.5)
+    assert same["contrast"].item() == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize(
