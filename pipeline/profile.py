@@ -172,27 +172,17 @@ def profile_training(model, data, settings, steps: int, sections: Sections, bf16
 
 def top_ops(model, data, settings, rows: int = 12) -> list[dict[str, Any]]:
     """The kernels one training step spends its time in (forward and backward), by self time."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from psalm.training import build_optimizer
+    from psalm.training import batch_losses, build_optimizer
 
     device = next(model.parameters()).device
+    settings = dataclasses.replace(settings, precision="fp32")  # as the step table above
     opt, _ = build_optimizer(model, settings)
     batch = data.train_batch(0, settings.batch_size, settings.shots, settings.seed)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        images = batch.queries.to(device).contiguous(memory_format=torch.channels_last)
-        index = None if batch.query_index is None else batch.query_index.to(device)
-        prediction = model(images, batch.supports.to(device), query_index=index)
-        loss = model.loss(
-            prediction,
-            batch.boxes,
-            batch.class_ids,
-            settings.match_weight,
-            settings.similarity_weight,
-            settings.contrast_weight,
-        )
+        loss = batch_losses(model, batch, settings, device)  # the training step's own forward
         opt.zero_grad(set_to_none=True)
         loss["loss"].backward()
         opt.step()
