@@ -17,6 +17,9 @@ Every one was re-stored when ``train.match_weight``'s default went from 0 to 0.5
 ``psalm/`` unchanged, so runs made with ``train.match_weight=0.5`` before keep their identity).
 Every one was re-stored when ``train.contrast_weight`` was added (2026-12-02, with a change to
 ``psalm/detector.py``).
+The default profile's ones were re-stored when that profile took the sweeps' trial 2 as its lr and
+warm-up factors and weight decay (2026-12-02; ``psalm/`` unchanged: runs of the old default keep
+their identity under ``train.lr_scale=30 train.warmup_scale=0.1 model.weight_decay=…``).
 """
 
 from __future__ import annotations
@@ -56,12 +59,12 @@ STORED = {
     "default psalm": (
         [],
         {},
-        "611d4befcbd141e3285de0d6bcc4e1c496c1978cde1e17d8cf44d37acf53a90c",
+        "7b1c8a0831fbbb930b440f330c2bcb0c1cc7f681818c9b635ffa300c6d2618e3",
     ),
     "cheaf": (
         ["model=cheaf"],
         {},
-        "1d21908b08dc63e694c655286579fb42007631b165481b0890dd0ba11d564202",
+        "fdf05632b22a0176ace3e1de7a5a939b94dec244d216671f5721e9cbb3d4ac6b",
     ),
     "smoke": (
         ["profile=smoke"],
@@ -105,7 +108,7 @@ STORED = {
          "model.support_modulation=layernorm", "train.precision=bf16", "data.clutter_prob=0.8",
          "eval.modes=[normal,none,shuffled]", "train.lr_scale=30"],
         {},
-        "241fb0ea3eb253e6960c98c2c3144a6520e2e37a166051248efcd22db65acf41",
+        "3f3bdf0755d4d9205e30400ad717453fd4ee0eb0de2facc4644b0d4731fffd04",
     ),
 }  # fmt: skip
 

@@ -148,10 +148,11 @@ def test_the_shipped_sweeps_are_valid(monkeypatch):
 @pytest.mark.parametrize(
     ("name", "overrides", "key", "first"),
     [
-        ("psalm", [], "min_resource", 300),  # warm-ups up to 1500 × warmup_scale 0.1 = 150
-        ("cheaf", [], "min_resource", 450),  # up to 3000 × 0.1 = 300: judged at 450, not 300
-        ("psalm", ["pruner.name=median"], "warmup_steps", 300),
-        ("psalm", ["space.model.warmup_steps.high=600"], "min_resource", 150),  # 60: first report
+        ("psalm", [], "min_resource", 450),  # warm-ups up to 1500 × warmup_scale 0.2892 = 434
+        ("cheaf", [], "min_resource", 900),  # up to 3000 × 0.2892 = 868: judged at 900
+        ("psalm", ["pruner.name=median"], "warmup_steps", 450),
+        ("psalm", ["space.model.warmup_steps.high=600"], "min_resource", 300),  # 174
+        ("psalm", ["space.model.warmup_steps.high=500"], "min_resource", 150),  # 145: 1st report
         ("psalm", ["pruner.min_resource=150"], "min_resource", 150),  # the user's own wins
     ],
 )
@@ -163,20 +164,21 @@ def test_no_trial_is_judged_before_the_longest_warmup_has_ended(name, overrides,
 
 
 def test_the_median_pruner_waits_for_the_warmup(tmp_path):
-    """A trial behind the others at step 150 (still warming up) is kept; at 300 it is pruned."""
+    """A trial behind the others at step 300 (still warming up) is kept; at 450 it is pruned."""
     from sweeps.study import make_pruner
 
     sweep = load_sweep("psalm", ["pruner.name=median", "pruner.startup_trials=1"])
     study = optuna.create_study(direction="maximize", pruner=make_pruner(sweep))
     for _ in range(2):
         trial = study.ask()
-        for step in (150, 300, 450):
+        for step in (150, 300, 450, 600):
             trial.report(0.5, step)
         study.tell(trial, 0.5)
     slow = study.ask()
-    slow.report(0.1, 150)
-    assert not slow.should_prune()
-    slow.report(0.1, 300)
+    for step in (150, 300):
+        slow.report(0.1, step)
+        assert not slow.should_prune()
+    slow.report(0.1, 450)
     assert slow.should_prune()
 
 
