@@ -130,7 +130,12 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
             parts.update(parse_parts(raw.get("parts"), study_arms, raw["models"], str(path)))
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-    overrides = OmegaConf.from_dotlist(list(study_overrides))
+    try:
+        overrides = OmegaConf.from_dotlist(list(study_overrides))
+    except Exception as exc:  # a YAML parse error that does not name the override
+        raise ConfigError(
+            f"cannot parse the study settings {list(study_overrides)}: {exc}".replace("\n", " ")
+        ) from exc
     for key in overrides:
         if key not in STUDY_KEYS:
             raise ConfigError(f"unknown study setting {key!r}; study settings are {STUDY_KEYS}")
@@ -223,6 +228,22 @@ def model_name(group: str) -> str:
     return str(OmegaConf.load(option_file("model", group)).name)
 
 
+# Keys a study sets per cell, and the study setting that chooses them instead.
+CELL_KEYS = {"model": "models=[psalm]", "seed": "seeds=[0,1,2]"}
+
+
+def check_run_overrides(run_overrides: Sequence[str]) -> None:
+    """Refuse run overrides of what the study sets per cell: ``seed=3`` would give every cell
+    seed 3, so the paired seeds would collapse into a few runs and no pair would be left."""
+    for o in run_overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in CELL_KEYS:
+            raise ConfigError(
+                f"{o!r}: a study sets {key} per cell; choose them with a study setting such as "
+                f"{CELL_KEYS[key]}"
+            )
+
+
 def _without_study(overrides: Sequence[str]) -> list[str]:
     return [o for o in overrides if not o.startswith("label.study=")]
 
@@ -260,6 +281,7 @@ class Plan:
 
 def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
     """Every run spec of the study, validated. Raises ``ConfigError`` naming the bad cell."""
+    check_run_overrides(run_overrides)
     sid = study_id(study, run_overrides)
     base_overrides = [*_without_study(run_overrides), f"label.study={sid}"]
     first_stage = _first_stage_overrides(study, run_overrides) if study.pretrain else None

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import RunSpec, check_spec, run_dir
+from pipeline.config import ConfigError, RunSpec, check_spec, run_dir
 from pipeline.lease import cell_lease
 from pipeline.progress import Progress
 from pipeline.tracking import Tracker
@@ -198,6 +198,8 @@ def _set_threads(cfg: dict[str, Any]) -> torch.device:
     device = cfg["train"]["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={device}, but this machine has no usable CUDA device")
     return torch.device(device)
 
 
@@ -231,12 +233,12 @@ def _run_leased(
                 f"[{spec.label}] cannot evaluate: trained run {spec.eval_of} is not FINISHED"
             )
         extra["eval_of"] = trained.info.run_id
+    device = _set_threads(cfg)  # before the run opens: a device this machine lacks records nothing
     handle = tracker.open(spec, extra_tags=extra)
     if handle.finished:
         log.info(f"[{spec.label}] already finished (run {handle.run_id}); skipped")
         run = tracker.client.get_run(handle.run_id)
         return {"run_id": handle.run_id, "skipped": True, "pruned_at": None, **run.data.metrics}
-    device = _set_threads(cfg)
     _tag_machine(tracker, handle, device)
     try:
         if spec.kind == "eval":

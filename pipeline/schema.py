@@ -62,6 +62,15 @@ def one_of(options: tuple[str, ...]) -> Rule:
     )
 
 
+DEVICE = must(
+    "must be auto, cpu, cuda or cuda:<index>",
+    lambda v: (
+        isinstance(v, str)
+        and (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()))
+    ),
+)
+
+
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -257,7 +266,7 @@ class TrainConfig(Group):
     checkpoint_every: int = key(POSITIVE_INT)
     eval_every: int = key(NON_NEGATIVE_INT)
     threads: int = key(POSITIVE_INT)
-    device: str = key()  # auto | cpu | cuda (or cuda:<i>)
+    device: str = key(DEVICE)  # auto | cpu | cuda (or cuda:<i>)
     precision: str = key(one_of(PRECISIONS))
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from test_data_coco import write_coco
 
@@ -188,6 +189,26 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {},
         "seed",
     ),
+    # seed= or model= in a study's run overrides gave every cell the same seed or model: the
+    # 12 cells of the pyramid study trained as 4 runs and the study exited 0 with no pairs
+    (
+        "a study's seed= override",
+        ablations_cli,
+        lambda t: ["run", "pyramid", "seed=3"],
+        {},
+        "seeds=",
+    ),
+    (
+        "a study's model= override",
+        ablations_cli,
+        lambda t: ["run", "support", "model=cheaf", *SMOKE],
+        {},
+        "models=",
+    ),
+    # an unparsable study setting printed YAML's message without naming it
+    ("unparsable seeds", ablations_cli, lambda t: ["run", "pyramid", "seeds=[0,"], {}, "seeds=[0,"),
+    # an unknown device used to open an MLflow run that then stayed RUNNING
+    ("unknown device", train_cli, lambda t: [*SMOKE, "train.device=tpu"], {}, "train.device"),
     ("profile of an unknown model", profile_cli, lambda t: ["model=nosuch"], {}, "nosuch"),
     ("profile of 0 steps", profile_cli, lambda t: ["--steps", "0"], {}, "--steps"),
     ("benchmark on 0 threads", benchmark_cli, lambda t: ["--threads", "0"], {}, "--threads"),
@@ -304,3 +325,14 @@ def test_a_terminated_command_stops_as_an_interrupted_one(sig, capsys) -> None:
     assert not finished
     assert capsys.readouterr().err.strip() == "interrupted"
     assert signal.getsignal(sig) is before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_run_on_a_machine_without_cuda_records_nothing(
+    tmp_path: Path, tmp_mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = train_cli.main([*SMOKE, "train.device=cuda", f"output_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "no usable CUDA device" in err
+    assert _runs_recorded(tmp_mlflow_uri) == 0, "an MLflow run was left behind"
