@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     problems = [
         f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}"
-        for name, least in (("batch", 1), ("warmup", 0), ("repeats", 1), ("peer_repeats", 1))
+        for name, least in (("batch", 1), ("warmup", 0), ("repeats", 2), ("peer_repeats", 1))
         if getattr(args, name) < least
     ]
     if args.input_size < 32 or args.input_size % 32:
@@ -462,10 +462,24 @@ def main(argv: list[str] | None = None) -> None:
     peer = args.peer_threads.split(",") if args.peer_threads else []
     if not all(t.strip().isdigit() and int(t) >= 1 for t in peer):
         problems.append(f"--peer-threads must list thread counts such as 1,2, got {peer}")
+    device = args.device
+    if not (device in ("auto", "cpu", "cuda") or (device[:5] == "cuda:" and device[5:].isdigit())):
+        problems.append(f"--device must be auto, cpu, cuda or cuda:<index>, got {device!r}")
+    out = Path(args.out)
+    if out.is_dir():
+        problems.append(f"--out {out} is a folder; give a file such as {out / 'benchmark.json'}")
+    else:
+        try:  # found now, not after minutes of measuring
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(f"--out {out}: cannot create its folder ({exc.strerror})")
     if problems:  # before torch loads and before reports/benchmark.json is touched
         parser.error("; ".join(problems))
     cpu_pages = huge_pages(args.cpu_pages)  # before torch allocates anything
     import torch  # after the arguments: `--help` and usage errors need no torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {device}: this machine has no usable CUDA device")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -493,8 +507,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         doc["peer_comparable"] = [asdict(r) for r in rows]
         print("\n" + format_peer_table(doc["peer_comparable"]))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     if args.profile:
         dev = torch.device("cuda" if doc["device_type"] == "cuda" else "cpu")

@@ -26,6 +26,7 @@ import ablations.__main__ as ablations_cli
 import analysis.__main__ as analysis_cli
 import pipeline.profile as profile_cli
 import psalm.benchmark as benchmark_cli
+import psalm.data.__main__ as data_cli
 import psalm.evaluate as evaluate_cli
 import psalm.train as train_cli
 import sweeps.__main__ as sweeps_cli
@@ -211,6 +212,19 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
     ("unknown device", train_cli, lambda t: [*SMOKE, "train.device=tpu"], {}, "train.device"),
     ("profile of an unknown model", profile_cli, lambda t: ["model=nosuch"], {}, "nosuch"),
     ("profile of 0 steps", profile_cli, lambda t: ["--steps", "0"], {}, "--steps"),
+    # these four printed tracebacks, the last two only after minutes of measuring
+    ("benchmark of 1 repeat", benchmark_cli, lambda t: ["--repeats", "1"], {}, "--repeats"),
+    ("benchmark on a TPU", benchmark_cli, lambda t: ["--device", "tpu"], {}, "--device"),
+    ("benchmark into a folder", benchmark_cli, lambda t: ["--out", str(t)], {}, "--out"),
+    (
+        "benchmark into /proc",
+        benchmark_cli,
+        lambda t: ["--out", "/proc/nosuch/b.json"],
+        {},
+        "--out",
+    ),
+    ("data report of 0 batches", data_cli, lambda t: ["--batches", "0"], {}, "--batches"),
+    ("data report of -1 val canvases", data_cli, lambda t: ["--n-val", "-1"], {}, "--n-val"),
     ("benchmark on 0 threads", benchmark_cli, lambda t: ["--threads", "0"], {}, "--threads"),
 ]
 
