@@ -26,11 +26,13 @@ from typing import Any
 
 from psalm.options import (
     ABLATION_FLAGS,
+    DEVICES,
     EVAL_MODES,
     HEAD_SIMILARITIES,
     MATCH_ON,
     PRECISIONS,
     SUPPORT_MODULATIONS,
+    is_device,
     template_map_cells,
 )
 
@@ -62,13 +64,7 @@ def one_of(options: tuple[str, ...]) -> Rule:
     )
 
 
-DEVICE = must(
-    "must be auto, cpu, cuda or cuda:<index>",
-    lambda v: (
-        isinstance(v, str)
-        and (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()))
-    ),
-)
+DEVICE = must(f"must be {DEVICES}", is_device)
 
 
 def _int(v: Any) -> bool:

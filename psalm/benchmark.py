@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from psalm.cli_args import OneLineParser
+from psalm.options import DEVICES, is_device
 
 if TYPE_CHECKING:
     import torch
@@ -463,8 +464,8 @@ def main(argv: list[str] | None = None) -> None:
     if not all(t.strip().isdigit() and int(t) >= 1 for t in peer):
         problems.append(f"--peer-threads must list thread counts such as 1,2, got {peer}")
     device = args.device
-    if not (device in ("auto", "cpu", "cuda") or (device[:5] == "cuda:" and device[5:].isdigit())):
-        problems.append(f"--device must be auto, cpu, cuda or cuda:<index>, got {device!r}")
+    if not is_device(device):
+        problems.append(f"--device must be {DEVICES}, got {device!r}")
     out = Path(args.out)
     if out.is_dir():
         problems.append(f"--out {out} is a folder; give a file such as {out / 'benchmark.json'}")

@@ -25,6 +25,14 @@ LEVEL_SIZES = (16.0, 32.0, 64.0, 128.0)  # the typical long side (px) of an obje
 
 EVAL_MODES = ("normal", "none", "bypass", "shuffled")  # the support an evaluation gives
 PRECISIONS = ("fp32", "bf16")  # train.precision: the training step's arithmetic
+DEVICES = "auto, cpu, cuda or cuda:<index>"  # train.device and the benchmark's --device
+
+
+def is_device(name: object) -> bool:
+    """Whether ``name`` is one of ``DEVICES`` (``auto``: CUDA if visible, else the CPU)."""
+    if not isinstance(name, str):
+        return False
+    return name in ("auto", "cpu", "cuda") or (name[:5] == "cuda:" and name[5:].isdigit())
 
 
 def template_map_cells(side: int, level: int) -> int:
