@@ -187,8 +187,8 @@ class CocoFewShot:
         if not self._train_classes:
             raise DataError(
                 f"{self._train.path}: no base class has a training image free of novel classes "
-                "and a usable support instance; check novel_classes, or pass "
-                "novel_images_in_training=True"
+                "and a usable support instance; check data.novel_classes (in the library, "
+                "CocoFewShot(novel_images_in_training=True) also trains on those images)"
             )
 
     # ------------------------------------------------------------------------------ interface
@@ -215,7 +215,8 @@ class CocoFewShot:
                 f"{self._train.path}: {len(short)} evaluated class(es) have fewer than "
                 f"shots={shots} usable support instances (non-crowd, long side >= "
                 f"{self.min_support_size} px after resizing, outside the validation hold-out): "
-                f"{shown}. Lower shots or min_support_size, or add annotations."
+                f"{shown}. Lower shots (train.shots), raise data.image_size, or add annotations "
+                "(in the library, CocoFewShot(min_support_size=…) also lowers the floor)."
             )
 
     def box_sides(self) -> list[float]:
