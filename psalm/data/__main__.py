@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from psalm.cli_args import OneLineParser
+from psalm.cli_args import OneLineParser, non_negative_int, positive_int
 from psalm.data._ceiling import support_blind_ceiling
 from psalm.data._synthetic import SyntheticGlyphs
 
@@ -56,24 +56,17 @@ def measure(data: SyntheticGlyphs, shots: tuple[int, ...] = (1, 5), batches: int
 
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="python -m psalm.data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed-split", type=int, default=0)
-    parser.add_argument("--n-val", type=int, default=None)
-    parser.add_argument("--n-test", type=int, default=None)
-    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--seed-split", type=non_negative_int, default=0)
+    parser.add_argument("--n-val", type=non_negative_int, default=None)
+    parser.add_argument("--n-test", type=non_negative_int, default=None)
+    parser.add_argument("--batches", type=positive_int, default=10)
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
-    problems = [
-        f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}"
-        for name, least in (("seed_split", 0), ("n_val", 0), ("n_test", 0), ("batches", 1))
-        if getattr(args, name) is not None and getattr(args, name) < least
-    ]
     if args.cache_dir is not None:
         try:
             Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            problems.append(f"--cache-dir {args.cache_dir}: cannot create it ({exc.strerror})")
-    if problems:
-        parser.error("; ".join(problems))
+            parser.error(f"--cache-dir {args.cache_dir}: cannot create it ({exc.strerror})")
     torch.set_num_threads(1)
     sizes = {k: v for k, v in (("n_val", args.n_val), ("n_test", args.n_test)) if v is not None}
     start = time.perf_counter()
