@@ -39,7 +39,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.cli import OneLineParser, guarded, log_level, setup_logging, verbosity_flags
+from pipeline.cli import (
+    OneLineParser,
+    debug_flag,
+    guarded,
+    log_level,
+    parse_with_overrides,
+    setup_logging,
+    verbosity_flags,
+)
 
 if TYPE_CHECKING:
     from ablations.study import Plan
@@ -57,9 +65,9 @@ log = logging.getLogger("ablations")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: the exit status; errors are one line on stderr (``--debug``: traceback)."""
-    args = build_parser().parse_args(argv)
+    args = parse_with_overrides(build_parser(), argv)
     setup_logging(log_level(args))
-    return guarded(lambda: args.func(args), debug=args.debug)
+    return guarded(lambda: args.func(args), debug=debug_flag(args))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -84,10 +92,10 @@ def _run(args: argparse.Namespace) -> int:
             f"running them as study {new_id} (pass --join to add them to {plan.study})"
         )
         plan = expand(study, [*run_overrides, f"label.study={new_id}"])
-    _record_cells(plan, first.config["output_dir"])
     launcher = LauncherConfig.from_mapping(first.config["launcher"])
     uri = tracking_uri(first.config["tracking"]["uri"])
-    tracker = Tracker(uri, first.config["tracking"]["experiment"])
+    tracker = Tracker(uri, first.config["tracking"]["experiment"])  # a bad store: nothing recorded
+    _record_cells(plan, first.config["output_dir"])
     if _settings(study):  # the study's parent run says what it is judged on, how it trained
         from analysis.study_run import open_study_run
 
@@ -410,7 +418,10 @@ def _status(args: argparse.Namespace) -> int:
         if batch_folders(folder):
             print(format_status(status(folder)))
         else:
-            print("no jobs dispatched (every cell was already FINISHED)")
+            cells = len(_read_json(folder / CELLS_FILE) or {})
+            # FINISHED cells are never dispatched; nor is anything when a run stopped before
+            # dispatching (a bad tracking store): the MLflow line below tells which it was
+            print(f"no jobs dispatched for its {cells} cell(s)")
         print(_runs_summary(study, args.tracking_uri))
     return 0
 
@@ -501,7 +512,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="python -m ablations", description=__doc__.split("\n")[0], parents=[flags]
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(required=True)
     p = sub.add_parser(
         "run", help="run a study (expand, validate, dispatch, wait, report)", parents=[flags]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from pipeline.cli import (
     DEBUG_HINT,
     OneLineParser,
+    debug_flag,
     debug_requested,
     log_level,
     one_line,
@@ -54,12 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.command(args)
     except (LookupError, FileNotFoundError, ValueError) as err:
-        if debug_requested("--debug" in sys.argv):
+        if debug_requested(debug_flag(args)):
             raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(err, input_error=True)}", file=sys.stderr)
         return 2
     except Exception as err:  # anything else, e.g. an unreachable tracking server: one line too
-        if debug_requested("--debug" in sys.argv):
+        if debug_requested(debug_flag(args)):
             raise
         print(f"error: {one_line(err)} ({DEBUG_HINT})", file=sys.stderr)
         return 1

@@ -2,7 +2,7 @@
 
     def main(argv=None) -> int:
         args = parser.parse_args(argv)
-        return guarded(lambda: body(args), debug=args.debug)
+        return guarded(lambda: body(args), debug=debug_flag(args))
 
 ``guarded`` runs the body and turns an exception into one line on stderr (``error: …``, the
 exception's type where it is not a config error) and an exit status: 2 for a configuration or
@@ -11,7 +11,8 @@ input error, 1 for anything else, 130 for Ctrl-C. The traceback is shown instead
 
 Output: what a user asked for (tables, verdicts, paths) is printed on stdout; progress and
 diagnostics are logged (``logging``) to stderr. ``verbosity_flags()`` gives a command and its
-subcommands ``-v`` (debug messages too) and ``-q`` (warnings and errors only, no progress);
+subcommands ``-v`` (debug messages too), ``-q`` (warnings and errors only, no progress) and
+``--debug``;
 ``setup_logging(log_level(args))`` applies them to the project's loggers.
 """
 
@@ -21,7 +22,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 # re-exported: the pipeline's commands take them from here (psalm.benchmark from psalm.cli_args)
 from psalm.cli_args import OneLineParser as OneLineParser
@@ -49,13 +50,15 @@ def debug_requested(flag: bool = False) -> bool:
     return flag or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
-def one_line(exc: BaseException, limit: int = 600) -> str:
-    """The exception's message on one line (lists of problems joined with '; ')."""
+def one_line(exc: BaseException, limit: int = 600, *, input_error: bool = False) -> str:
+    """The exception's message on one line (lists of problems joined with '; '), after its type
+    unless it is an input error (``is_input_error``, or ``input_error=True`` from a caller that
+    knows)."""
     lines = [line.strip().lstrip("- ").strip() for line in str(exc).splitlines()]
     text = "; ".join(line for line in lines if line).replace(":;", ":")
     if not text:
         text = type(exc).__name__
-    elif not is_input_error(exc) and not isinstance(exc, OSError):
+    elif not (input_error or is_input_error(exc) or isinstance(exc, OSError)):
         text = f"{type(exc).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -85,9 +88,16 @@ def _guarded(body: Callable[[], int | None], debug: bool) -> int:
 
 
 def verbosity_flags() -> argparse.ArgumentParser:
-    """A parent parser with ``-v/--verbose`` and ``-q/--quiet``, for a command and each of its
-    subcommands (``parents=[verbosity_flags()]``), so either place takes them."""
+    """A parent parser with ``-v/--verbose``, ``-q/--quiet`` and ``--debug``, for a command and
+    each of its subcommands (``parents=[verbosity_flags()]``), so either place takes them. Read
+    ``--debug`` with ``debug_flag(args)``."""
     flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an error",
+    )
     group = flags.add_mutually_exclusive_group()
     # SUPPRESS: a subcommand's unset flag must not reset the one given before it
     group.add_argument(
@@ -101,6 +111,26 @@ def verbosity_flags() -> argparse.ArgumentParser:
         help="only warnings and errors (no progress)",
     )
     return flags
+
+
+def parse_with_overrides(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """``parser.parse_args``, except that a subcommand's overrides (``key=value`` words, in
+    ``args.overrides``) may also follow its flags: ``ablations run pyramid -v seeds=[0]``.
+    (argparse's ``parse_intermixed_args`` does this for a parser without subcommands.)"""
+    args, extra = parser.parse_known_args(argv)
+    stray = extra if not hasattr(args, "overrides") else [w for w in extra if w.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def debug_flag(args: argparse.Namespace) -> bool:
+    """Whether ``--debug`` was given (before or after the subcommand)."""
+    return bool(getattr(args, "debug", False))
 
 
 def log_level(args: argparse.Namespace) -> int:

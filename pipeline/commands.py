@@ -20,7 +20,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import OneLineParser, guarded, log_level, setup_logging, verbosity_flags
+from pipeline.cli import (
+    OneLineParser,
+    debug_flag,
+    guarded,
+    log_level,
+    setup_logging,
+    verbosity_flags,
+)
 
 _OVERRIDES_HELP = (
     "Hydra overrides of conf/config.yaml, e.g. model=cheaf seed=1 profile=smoke "
@@ -44,7 +51,7 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "psalm-train") -> 
         _print_metrics(run(spec))
         return 0
 
-    return guarded(body, debug=args.debug)
+    return guarded(body, debug=debug_flag(args))
 
 
 def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate") -> int:
@@ -68,7 +75,7 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate
         _print_metrics(evaluate_run(rest, mode))
         return 0
 
-    return guarded(body, debug=args.debug)
+    return guarded(body, debug=debug_flag(args))
 
 
 def apply_job_defaults() -> None:
@@ -104,7 +111,6 @@ def evaluate_parser(prog: str = "psalm-evaluate") -> argparse.ArgumentParser:
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = OneLineParser(prog=prog, description=description, parents=[verbosity_flags()])
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("overrides", nargs="*", metavar="override", help=_OVERRIDES_HELP)
     return parser
 

@@ -37,7 +37,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import OneLineParser, guarded, positive_int
+from pipeline.cli import (
+    OneLineParser,
+    debug_flag,
+    guarded,
+    log_level,
+    positive_int,
+    setup_logging,
+    verbosity_flags,
+)
 from pipeline.dispatch.launcher import JOB_DEFAULTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -350,16 +358,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog="python -m pipeline.profile",
         description="Time each part of a training step and a test evaluation (make profile).",
+        parents=[verbosity_flags()],
     )
     parser.add_argument("overrides", nargs="*", help="run overrides, e.g. profile=smoke")
-    parser.add_argument("--models", nargs="+", default=["psalm", "cheaf"], help="model configs")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["psalm", "cheaf"],
+        help="model configs (key=value words after them are still overrides)",
+    )
     parser.add_argument(
         "--steps", type=positive_int, default=8, help="timed training steps (default 8)"
     )
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast steps")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "profile")
-    args = parser.parse_args(argv)
-    return guarded(lambda: _profile(args), debug=False)
+    args = parser.parse_intermixed_args(argv)
+    # --models takes every word after it; the overrides among them (key=value) are overrides
+    args.overrides += [m for m in args.models if "=" in m]
+    args.models = [m for m in args.models if "=" not in m]
+    if not args.models:
+        parser.error("--models needs at least one model config, e.g. --models psalm")
+    setup_logging(log_level(args))
+    return guarded(lambda: _profile(args), debug=debug_flag(args))
 
 
 def _profile(args: argparse.Namespace) -> int:

@@ -25,7 +25,15 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pipeline.cli import OneLineParser, guarded, log_level, setup_logging, verbosity_flags
+from pipeline.cli import (
+    OneLineParser,
+    debug_flag,
+    guarded,
+    log_level,
+    parse_with_overrides,
+    setup_logging,
+    verbosity_flags,
+)
 
 if TYPE_CHECKING:
     from sweeps.config import Sweep
@@ -37,9 +45,9 @@ if TYPE_CHECKING:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: the exit status; errors are one line on stderr (``--debug``: traceback)."""
-    args = build_parser().parse_args(argv)
+    args = parse_with_overrides(build_parser(), argv)
     setup_logging(log_level(args))
-    return guarded(lambda: args.func(args), debug=args.debug)
+    return guarded(lambda: args.func(args), debug=debug_flag(args))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -238,7 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="python -m sweeps", description=__doc__.split("\n")[0], parents=[flags]
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(required=True)
     p = sub.add_parser(
         "run", help="run (or resume) a sweep: validate, dispatch, wait, export", parents=[flags]
