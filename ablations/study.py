@@ -45,12 +45,15 @@ from pipeline.config import (
     RunSpec,
     check_data,
     check_init_from,
+    check_output_dir,
     compose_config,
     group_options,
     make_spec,
+    misspelt_setting,
     option_file,
     spec_from_config,
 )
+from psalm.options import METRIC_NAMES, VIDEO_METRIC_NAMES, check_metric
 
 STUDY_DIR = CONF_DIR / "ablation"
 ALL = "all"  # the union of every study file, with shared baselines
@@ -148,8 +151,11 @@ def load_study(name: str, study_overrides: Sequence[str] = ()) -> Study:
         )
     else:
         metric = next(iter(metrics.values()), None)
-    if metric is not None and (not isinstance(metric, str) or "/" not in metric):
-        raise ConfigError(f"metric must name a logged metric such as test/st_iou, got {metric!r}")
+    if metric is not None:
+        try:
+            metric = check_metric(metric)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     seeds = overrides.get("seeds", seeds if not auto else AUTO)
     for key in limits:
         limits[key] = overrides.get(key, limits[key])
@@ -282,7 +288,10 @@ class Plan:
 def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
     """Every run spec of the study, validated. Raises ``ConfigError`` naming the bad cell."""
     check_run_overrides(run_overrides)
-    sid = study_id(study, run_overrides)
+    try:
+        sid = study_id(study, run_overrides)  # the first composition of the run overrides
+    except ConfigError as exc:  # seds=[0,1]: a misspelt study setting reads as a run key
+        raise ConfigError(misspelt_setting(str(exc), run_overrides, STUDY_KEYS, "study")) from exc
     base_overrides = [*_without_study(run_overrides), f"label.study={sid}"]
     first_stage = _first_stage_overrides(study, run_overrides) if study.pretrain else None
     pretrain: list[RunSpec] = []
@@ -290,6 +299,14 @@ def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
     evaluate: list[RunSpec] = []
     errors: list[str] = []
     spec_for = SeedComposer()  # one Hydra composition per cell, not per cell and seed
+    probe = make_spec([f"model={study.models[0]}", *base_overrides])  # what every cell shares
+    check_output_dir(probe)
+    data = probe.config["data"]["name"]
+    if study.metric in [f"test/{n}" for n in VIDEO_METRIC_NAMES] and data != "video":
+        raise ConfigError(
+            f"metric={study.metric} is logged on video data only (data=video); this study runs "
+            f"on data={data}: judge it on one of {', '.join(f'test/{n}' for n in METRIC_NAMES)}"
+        )
 
     def training_cell(head: list[str], arm: Sequence[str], labels: list[str]) -> RunSpec:
         """The cell's spec (the arm's overrides win over the run overrides), checked (its data

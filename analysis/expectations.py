@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from psalm.options import check_metric
+
 DEFAULT_EXPECTATIONS = Path(__file__).resolve().parents[1] / "conf" / "expectations.yaml"
 SCALES = ("relative", "absolute")
 
@@ -82,7 +84,7 @@ def load_expectations(path: str | Path | None = None) -> Expectations:
                 bounds, f"ablations.{ablation}.{model} {where}"
             )
     return Expectations(
-        metric=str(raw.get("metric", "test/nAP50")),
+        metric=_metric(raw.get("metric", "test/nAP50"), where),
         scale=scale,
         confidence=confidence,
         ranges=ranges,
@@ -90,6 +92,13 @@ def load_expectations(path: str | Path | None = None) -> Expectations:
         controls=frozenset(str(arm).lower() for arm in raw.get("controls") or ()),
         load_bearing_threshold=_threshold(raw.get("load_bearing_threshold", 0.05), where),
     )
+
+
+def _metric(value: Any, where: str) -> str:
+    try:
+        return check_metric(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({where})") from exc
 
 
 def _threshold(value: Any, where: str) -> float:

@@ -18,6 +18,7 @@ from analysis.expectations import Expectations, load_expectations
 from analysis.runs import load_runs, load_study_design, load_study_metric, resolve_tracking_uri
 from analysis.sequential import SeedSchedule
 from analysis.verdicts import verdict_table
+from psalm.options import check_metric
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ def analyze_study(
     anytime-valid intervals of ``analysis.sequential``, whatever ``interval`` says: a fixed-n
     interval read after optional stopping would not hold its level.
     """
+    if metric is not None:
+        check_metric(metric)  # before MLflow is read
     uri = resolve_tracking_uri(tracking_uri)
     runs = load_runs(study, uri)
     schedule = load_study_design(study, uri)
@@ -94,9 +97,15 @@ def analyze_runs(
         notes = load_arm_notes(ablations)
     if schedule is not None:
         interval = "anytime"
-    deltas = paired_deltas(
-        runs, metric or expectations.metric, expectations.confidence, interval=interval
-    )
+    metric = check_metric(metric or expectations.metric)
+    logged = sorted(c[len("metrics.") :] for c in runs.columns if c.startswith("metrics.test/"))
+    finished = len(runs) and (runs["status"] == "FINISHED").any()
+    if finished and f"metrics.{metric}" not in runs.columns:
+        raise LookupError(
+            f"no run of study {study!r} logged {metric}; its finished runs logged "
+            f"{', '.join(logged)} (--metric chooses; test/st_iou is logged on video data only)"
+        )
+    deltas = paired_deltas(runs, metric, expectations.confidence, interval=interval)
     return StudyAnalysis(
         study=study,
         tracking_uri=tracking_uri,

@@ -49,6 +49,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
+from psalm import options
 from psalm.boxes import box_xyxy_to_xywh
 
 __all__ = [
@@ -62,8 +63,8 @@ __all__ = [
     "write_per_class_table",
 ]
 
-METRIC_NAMES: tuple[str, ...] = ("nAP", "nAP50", "nAP75", "bAP", "bAP50")
-"""Split-level metric names, logged as ``f"{prefix}{name}"`` (e.g. ``test/nAP50``)."""
+# Split-level metric names, logged as ``f"{prefix}{name}"`` (e.g. ``test/nAP50``).
+METRIC_NAMES = options.METRIC_NAMES
 
 Backend = Literal["pycocotools", "faster-coco-eval"]
 

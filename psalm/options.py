@@ -27,6 +27,23 @@ EVAL_MODES = ("normal", "none", "bypass", "shuffled")  # the support an evaluati
 PRECISIONS = ("fp32", "bf16")  # train.precision: the training step's arithmetic
 DEVICES = "auto, cpu, cuda or cuda:<index>"  # train.device and the benchmark's --device
 
+# What an evaluation logs under ``test/`` (``psalm.evaluation``; ``psalm.video_eval`` adds the
+# video metrics on video data): the metrics a study's verdicts can be judged on.
+METRIC_NAMES = ("nAP", "nAP50", "nAP75", "bAP", "bAP50")
+VIDEO_METRIC_NAMES = ("st_iou", "AP50", "AP")
+JUDGED_METRICS = tuple(f"test/{n}" for n in (*METRIC_NAMES, *VIDEO_METRIC_NAMES))
+
+
+def check_metric(metric: object) -> str:
+    """``metric`` if a study can be judged on it (one of ``JUDGED_METRICS``), else a ValueError
+    that lists them."""
+    if metric not in JUDGED_METRICS:
+        raise ValueError(
+            f"metric {metric!r} is not one a study can be judged on; use one of "
+            f"{', '.join(JUDGED_METRICS)} (test/st_iou, test/AP50 and test/AP on video data)"
+        )
+    return str(metric)
+
 
 def is_device(name: object) -> bool:
     """Whether ``name`` is one of ``DEVICES`` (``auto``: CUDA if visible, else the CPU)."""

@@ -25,6 +25,7 @@ import torch
 from psalm.data._video import VideoFewShot
 from psalm.detector import FewShotDetector
 from psalm.evaluation import Detection, FewShotMetrics, evaluate_fewshot
+from psalm.options import VIDEO_METRIC_NAMES
 from psalm.st_iou import SCORE_THRESHOLD, mean_st_iou, st_iou, track_from_detections
 from psalm.training import class_supports, support_mode_of
 
@@ -54,7 +55,7 @@ class VideoMetrics(FewShotMetrics):
     def as_dict(self, prefix: str = "test/") -> dict[str, float]:
         """``FewShotMetrics.as_dict`` plus ``st_iou``, ``AP50`` and ``AP``."""
         values = super().as_dict(prefix)
-        values.update({f"{prefix}{k}": float(getattr(self, k)) for k in ("st_iou", "AP50", "AP")})
+        values.update({f"{prefix}{k}": float(getattr(self, k)) for k in VIDEO_METRIC_NAMES})
         return values
 
 
