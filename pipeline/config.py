@@ -15,6 +15,8 @@ torch, so composing and validating a study's specs stays fast.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import hashlib
 import json
 import logging
@@ -149,6 +151,20 @@ def _is_group_addition(override: str) -> bool:
     return (CONF_DIR / key.replace(".", "/")).is_dir()
 
 
+def misspelt_setting(
+    error: str, overrides: Sequence[str], settings: Sequence[str], command: str
+) -> str:
+    """``error``, or, where it is about an unknown config key close to one of a command's own
+    ``settings`` (``trails=8`` for a sweep's ``trials``), an error that suggests that setting:
+    a misspelt setting is taken for a run override."""
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        close = difflib.get_close_matches(key, list(settings), n=1, cutoff=0.75)
+        if close and f"unknown config key {key!r}" in error:
+            return f"unknown {command} setting or config key {key!r}; did you mean {close[0]}=?"
+    return error
+
+
 def _hydra_error(exc: Exception, overrides: Sequence[str]) -> str:
     """Hydra's message in one line; for an unknown key, the nearest known one instead of
     Hydra's advice to append it with ``+``."""
@@ -230,10 +246,32 @@ def run_dir(spec: RunSpec) -> Path:
 
 
 def check_spec(spec: RunSpec) -> None:
-    """Checks that need more than the config (data files, K shots per class, the ``init_from``
-    weights); run before dispatching, so that a bad study fails before any job starts."""
+    """Checks that need more than the config (the output folder, data files, K shots per class,
+    the ``init_from`` weights); run before dispatching, so that a bad study fails before any job
+    starts."""
+    check_output_dir(spec)
     check_data(spec)
     check_init_from(spec)
+
+
+def check_output_dir(spec: RunSpec) -> None:
+    """``output_dir`` is a folder this process can create and write to. Tried by making it (the
+    only test that holds for root too); the folders made are removed again."""
+    root = run_dir(spec).parent
+    made = [p for p in (root, *root.parents) if not p.exists()]  # deepest first
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise ConfigError(
+            f"output_dir={spec.config['output_dir']}: cannot create {root} ({exc.strerror or exc})"
+        ) from exc
+    finally:
+        for folder in made:
+            with contextlib.suppress(OSError):  # another process may have put files there
+                folder.rmdir()
+    if not writable:
+        raise ConfigError(f"output_dir={spec.config['output_dir']}: {root} is not writable")
 
 
 def check_data(spec: RunSpec) -> None:

@@ -38,6 +38,9 @@ from pipeline.processes import adopt, release
 
 log = logging.getLogger(__name__)
 
+# The store that $MLFLOW_TRACKING_URI's loopback server fronts, while ``shared_tracking`` runs.
+FRONTED_STORE = "PSALM_FRONTED_STORE"
+
 SQLITE_BUSY_TIMEOUT_S = 60
 
 
@@ -84,6 +87,25 @@ def _healthy(uri: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
+
+
+def check_server(uri: str, timeout_s: float = 10.0) -> None:
+    """For a server's URI (``http(s)://``): a ConnectionError at once if nothing answers there,
+    where MLflow's client would retry for about 4 minutes before saying so. Any HTTP answer (a
+    proxy's 404 or 401 included) counts: MLflow then tells what is wrong."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(
+            f"no MLflow tracking server answers at {uri} ({reason}); start it, or point "
+            "MLFLOW_TRACKING_URI (tracking.uri=, --tracking-uri) at a store that exists"
+        ) from exc
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -190,13 +212,17 @@ def shared_tracking(uri: str, parallel: bool) -> Iterator[str]:
         yield uri
         return
     with tracking_server(backend_store_uri=uri) as server:
-        previous = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = server.uri
+        # the jobs' configs name the store itself (tracking.uri): FRONTED_STORE tells
+        # pipeline.tracking.tracking_uri that this store is reached through the server
+        routes = {"MLFLOW_TRACKING_URI": server.uri, FRONTED_STORE: uri}
+        previous = {key: os.environ.get(key) for key in routes}
+        os.environ.update(routes)
         log.info(f"tracking through a loopback MLflow server {server.uri} over {uri}")
         try:
             yield server.uri
         finally:
-            if previous is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = previous
+            for key, value in previous.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

@@ -37,7 +37,7 @@ import torch
 from pipeline.config import ConfigError, RunSpec, check_spec, run_dir
 from pipeline.lease import cell_lease
 from pipeline.progress import Progress
-from pipeline.tracking import Tracker
+from pipeline.tracking import Tracker, tracking_uri
 from psalm.data import FewShotData, SyntheticGlyphs
 from psalm.detector import FewShotDetector
 from psalm.diagnostics import load_bearing
@@ -463,5 +463,15 @@ def evaluate_run(overrides: tuple[str, ...], mode: str) -> dict[str, Any]:
     from pipeline.config import make_spec
 
     trained = make_spec(overrides)
+    check_spec(trained)
+    cfg = trained.config
+    found = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"]).find(trained.config_hash)
+    if found is None or found.info.status != "FINISHED":
+        state = "no run" if found is None else f"its run is {found.info.status}"
+        raise ConfigError(
+            f"nothing to evaluate: these overrides describe a run (config hash "
+            f"{trained.config_hash}) that is not FINISHED in {tracking_uri(cfg['tracking']['uri'])}"
+            f" ({state}); train it first with python -m psalm.train and the same overrides"
+        )
     spec = make_spec(overrides, kind="eval", eval_mode=mode, eval_of=trained.config_hash)
     return run(spec)

@@ -33,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import REPO_ROOT, ConfigError, RunSpec, flatten
 from pipeline.lease import LOCK_FILE
 from pipeline.lease import holder as lease_holder
+from pipeline.mlflow_server import FRONTED_STORE, check_server
 from pipeline.study_tags import STUDIES_TAG, search_study, studies_of
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -42,8 +43,14 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
 def tracking_uri(configured: str | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the config's value, else the repo's SQLite file."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+    """The store to use: ``configured`` (``tracking.uri``, whose default is
+    ``$MLFLOW_TRACKING_URI``; an explicit ``tracking.uri=`` or ``--tracking-uri`` wins over the
+    environment), else ``$MLFLOW_TRACKING_URI``, else the repo's SQLite file. A store that a
+    loopback server fronts (``pipeline.mlflow_server.shared_tracking``) is reached through it."""
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured and configured != os.environ.get(FRONTED_STORE):
+        return configured
+    return environment or configured or DEFAULT_URI
 
 
 def create_sqlite_store(uri: str, artifact_root: str | Path | None = None) -> None:
@@ -149,6 +156,10 @@ class Tracker:
 
     def __init__(self, uri: str | None = None, experiment: str = "psalm") -> None:
         self.uri = tracking_uri(uri)
+        try:
+            check_server(self.uri)
+        except ConnectionError as exc:
+            raise ConfigError(str(exc)) from exc
         try:
             create_sqlite_store(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri)

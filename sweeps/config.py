@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, REPO_ROOT, ConfigError, make_spec
+from pipeline.config import CONF_DIR, REPO_ROOT, ConfigError, make_spec, misspelt_setting
 from psalm.evaluation import METRIC_NAMES
 
 SWEEP_DIR = CONF_DIR / "sweep"
@@ -185,7 +185,10 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         problems.append(f"report_every={report_every!r} must be an integer >= 0")
         report_every = 0
     base_overrides = [*run_overrides, f"train.eval_every={report_every}"]
-    base = make_spec(base_overrides).config  # raises ConfigError naming a bad run override
+    try:
+        base = make_spec(base_overrides).config  # raises ConfigError naming a bad run override
+    except ConfigError as exc:  # trails=8: a misspelt sweep setting reads as a run key
+        raise ConfigError(misspelt_setting(str(exc), run_ovr, SWEEP_KEYS, "sweep")) from exc
     steps = base["train"]["steps"]
     if report_every > steps:
         # A validation interval longer than the schedule reports once, at the last step, and
