@@ -169,7 +169,7 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         evaluate_cli,
         lambda t: ["mode=none", *SMOKE, "seed=987", f"output_dir={t / 'runs'}"],
         {},
-        "not FINISHED",
+        "train it first",
     ),
     (
         "unknown study to analyse",
@@ -226,6 +226,84 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
     ("data report of 0 batches", data_cli, lambda t: ["--batches", "0"], {}, "--batches"),
     ("data report of -1 val canvases", data_cli, lambda t: ["--n-val", "-1"], {}, "--n-val"),
     ("benchmark on 0 threads", benchmark_cli, lambda t: ["--threads", "0"], {}, "--threads"),
+    # a metric no run logs used to train the whole study and store it as the study's metric;
+    # every verdict then read "inconclusive, n=0", also in later runs of the study
+    (
+        "a study judged on a metric never logged",
+        ablations_cli,
+        lambda t: ["run", "pyramid", "metric=test/bogus", *SMOKE],
+        {},
+        "test/nAP50",
+    ),
+    (
+        "a video metric on synthetic data",
+        ablations_cli,
+        lambda t: ["run", "pyramid", "metric=test/st_iou", *SMOKE],
+        {},
+        "data=video",
+    ),
+    (
+        "verdicts on a bogus metric",
+        analysis_cli,
+        lambda t: ["verdicts", "x", "--metric", "b"],
+        {},
+        "'b'",
+    ),
+    # MLflow's client retried an unreachable server for about 4 minutes before saying so
+    (
+        "an unreachable tracking server",
+        train_cli,
+        lambda t: [*SMOKE],
+        {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+        "no MLflow tracking server answers at http://127.0.0.1:9",
+    ),
+    (
+        "an unreachable tracking server for a study",
+        ablations_cli,
+        lambda t: ["run", "pyramid", *SMOKE, f"output_dir={t / 'runs'}"],
+        {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+        "no MLflow tracking server answers",
+    ),
+    # a PermissionError (exit 1) that did not name the key
+    (
+        "output_dir that cannot be made",
+        train_cli,
+        lambda t: [*SMOKE, "output_dir=/proc/nosuch/runs"],
+        {},
+        "output_dir=/proc/nosuch/runs",
+    ),
+    (
+        "a study's output_dir that cannot be made",
+        ablations_cli,
+        lambda t: ["run", "pyramid", *SMOKE, "output_dir=/proc/nosuch/runs"],
+        {},
+        "output_dir=",
+    ),
+    # a misspelt study or sweep setting reads as a run key: the hint named a run key
+    ("misspelt sweep setting", sweeps_cli, lambda t: ["run", "psalm", "trails=8"], {}, "trials="),
+    (
+        "misspelt study setting",
+        ablations_cli,
+        lambda t: ["run", "pyramid", "seds=[0]"],
+        {},
+        "seeds=",
+    ),
+    # overrides after a flag were "unrecognized arguments" in commands with subcommands
+    (
+        "an override after a flag",
+        ablations_cli,
+        lambda t: ["run", "pyramid", "-q", "seeds=[0,"],
+        {},
+        "seeds=[0,",
+    ),
+    # --models took the overrides after it for model names
+    (
+        "profile overrides after --models",
+        profile_cli,
+        lambda t: ["--models", "psalm", "seed=x"],
+        {},
+        "seed must be",
+    ),
 ]
 
 
@@ -278,6 +356,8 @@ def test_a_user_error_is_one_line_and_a_nonzero_exit(
     assert "Traceback" not in out + err
     assert expected in lines[0], lines[0]
     assert _runs_recorded(tmp_mlflow_uri) == 0, "an MLflow run was recorded"
+    # a bad value or input (not a crash) is status 2; argparse's own errors too
+    assert code == 2, f"exit {code}: {lines[0]}"
 
 
 @pytest.mark.parametrize(
@@ -350,3 +430,36 @@ def test_a_cuda_run_on_a_machine_without_cuda_records_nothing(
     assert code == 2, err
     assert "no usable CUDA device" in err
     assert _runs_recorded(tmp_mlflow_uri) == 0, "an MLflow run was left behind"
+
+
+@pytest.mark.parametrize(
+    ("entry", "argv"),
+    [
+        pytest.param(analysis_cli, ["verdicts", "nosuch", "--debug"], id="analysis"),
+        pytest.param(ablations_cli, ["run", "pyramid", "--debug", "seeds=[0,"], id="ablations"),
+        pytest.param(sweeps_cli, ["run", "nosuch", "--debug"], id="sweeps"),
+        pytest.param(profile_cli, ["--debug", "model=nosuch"], id="profile"),
+    ],
+)
+def test_debug_after_the_subcommand_brings_the_exception_back(
+    entry, argv: list[str], tmp_mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error line says that ``--debug`` shows the traceback: every command takes it, before
+    or after its subcommand (analysis and pipeline.profile used to refuse it)."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - each command raises its own
+        entry.main(argv)
+    assert not isinstance(raised.value, SystemExit)
+
+
+def test_a_study_that_cannot_reach_its_store_leaves_no_study_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to write the study's folder first, which ``ablations status`` then reported as
+    a study whose every cell was already FINISHED."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    runs = tmp_path / "runs"
+    assert ablations_cli.main(["run", "pyramid", *SMOKE, f"output_dir={runs}"]) == 2
+    assert not (runs / "studies").exists()
+    assert ablations_cli.main(["status", "--output-dir", str(runs)]) == 0
+    assert "no dispatched studies" in capsys.readouterr().out

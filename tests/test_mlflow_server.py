@@ -156,3 +156,41 @@ def test_mlflow_telemetry_is_off_in_our_processes_unless_the_shell_turns_it_on()
         text=True,
     )
     assert users.stdout.strip() == "false", users.stderr
+
+
+def test_an_explicit_store_wins_over_the_environment_except_through_its_server(
+    tmp_mlflow_uri: str, tmp_path: Path, monkeypatch
+) -> None:
+    """``tracking.uri=`` / ``--tracking-uri`` name the store to use, whatever
+    ``$MLFLOW_TRACKING_URI`` says (it used to win); while a study's loopback server fronts a
+    store, that store's runs go through the server, and other stores stay direct."""
+    import os
+
+    from pipeline.mlflow_server import FRONTED_STORE, shared_tracking
+    from pipeline.tracking import tracking_uri
+
+    other = f"sqlite:///{tmp_path}/other.db"
+    assert os.environ["MLFLOW_TRACKING_URI"] == tmp_mlflow_uri
+    assert tracking_uri(other) == other
+    assert tracking_uri(None) == tmp_mlflow_uri
+    with shared_tracking(tmp_mlflow_uri, parallel=True) as served:
+        assert served.startswith("http://127.0.0.1:")
+        assert tracking_uri(tmp_mlflow_uri) == served
+        assert tracking_uri(None) == served
+        assert tracking_uri(other) == other
+    assert os.environ["MLFLOW_TRACKING_URI"] == tmp_mlflow_uri
+    assert FRONTED_STORE not in os.environ
+    assert tracking_uri(tmp_mlflow_uri) == tmp_mlflow_uri
+
+
+def test_an_unreachable_server_is_told_at_once() -> None:
+    """MLflow's client retries a dead server for minutes; ``check_server`` answers at once."""
+    import time
+
+    from pipeline.mlflow_server import check_server, free_port
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError, match="no MLflow tracking server answers"):
+        check_server(f"http://127.0.0.1:{free_port()}")
+    assert time.perf_counter() - t0 < 30  # a refused connection, not a timeout
+    check_server("sqlite:///anything.db")  # not a server: nothing to check
