@@ -154,6 +154,17 @@ def test_a_study_is_judged_on_the_metric_it_was_run_with(tmp_path):
     assert analyze_study("planted", uri, metric="test/nAP50").metric == "test/nAP50"
 
 
+def test_verdicts_on_a_metric_no_run_logged_are_an_error(store, capsys):
+    """``--metric test/st_iou`` on a study of synthetic data used to judge nothing and exit 0,
+    every verdict "inconclusive, n=0"; a name no evaluation logs is refused before MLflow is
+    read."""
+    assert main(["verdicts", "shared", "--tracking-uri", store, "--metric", "test/st_iou"]) == 2
+    err = capsys.readouterr().err
+    assert "no run of study 'shared' logged test/st_iou" in err and "test/nAP50" in err
+    assert main(["verdicts", "shared", "--tracking-uri", store, "--metric", "test/nap50"]) == 2
+    assert "'test/nap50' is not one a study can be judged on" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("overrides", "metric"),
     [([], None), (["metric=test/st_iou"], "test/st_iou")],
@@ -168,8 +179,9 @@ def test_a_metric_that_names_no_logged_metric_is_refused():
     from ablations.study import load_study
     from pipeline.config import ConfigError
 
-    with pytest.raises(ConfigError, match="metric must name a logged metric"):
-        load_study("pyramid", ["metric=stiou"])
+    for bogus in ("stiou", "test/bogus", "val/nAP50"):  # test/bogus used to pass and train
+        with pytest.raises(ConfigError, match=f"metric '{bogus}' is not one a study can be judged"):
+            load_study("pyramid", [f"metric={bogus}"])
 
 
 def test_reporting_unchanged_results_again_rewrites_nothing_and_never_appends(tmp_path):
