@@ -12,8 +12,7 @@ input error, 1 for anything else, 130 for Ctrl-C. The traceback is shown instead
 Output: what a user asked for (tables, verdicts, paths) is printed on stdout; progress and
 diagnostics are logged (``logging``) to stderr. ``verbosity_flags()`` gives a command and its
 subcommands ``-v`` (debug messages too), ``-q`` (warnings and errors only, no progress) and
-``--debug``;
-``setup_logging(log_level(args))`` applies them to the project's loggers.
+``--debug``; ``setup_logging(log_level(args))`` applies the first two to the project's loggers.
 """
 
 from __future__ import annotations
