@@ -47,6 +47,7 @@ from pipeline.cli import (
     verbosity_flags,
 )
 from pipeline.dispatch.launcher import JOB_DEFAULTS
+from psalm.cli_args import output_file_problem
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -378,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     args.models = [m for m in args.models if "=" not in m]
     if not args.models:
         parser.error("--models needs at least one model config, e.g. --models psalm")
+    problem = output_file_problem("--out", args.out, "profile")  # not after minutes of timing
+    if problem:
+        parser.error(problem)
     setup_logging(log_level(args))
     return guarded(lambda: _profile(args), debug=debug_flag(args))
 

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from psalm.cli_args import OneLineParser
+from psalm.cli_args import OneLineParser, output_file_problem
 from psalm.options import DEVICES, is_device
 
 if TYPE_CHECKING:
@@ -467,13 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     if not is_device(device):
         problems.append(f"--device must be {DEVICES}, got {device!r}")
     out = Path(args.out)
-    if out.is_dir():
-        problems.append(f"--out {out} is a folder; give a file such as {out / 'benchmark.json'}")
-    else:
-        try:  # found now, not after minutes of measuring
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            problems.append(f"--out {out}: cannot create its folder ({exc.strerror})")
+    problems += filter(None, [output_file_problem("--out", out, "benchmark.json")])
     if problems:  # before torch loads and before reports/benchmark.json is touched
         parser.error("; ".join(problems))
     cpu_pages = huge_pages(args.cpu_pages)  # before torch allocates anything

@@ -5,6 +5,7 @@ for counts. No torch here, so that ``--help`` and usage errors answer at once.""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -33,3 +34,16 @@ def _int_at_least(text: str, least: int) -> int:
     if value < least:
         raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {text!r}")
     return value
+
+
+def output_file_problem(flag: str, path: Path, example: str) -> str | None:
+    """What is wrong with ``path`` as a file a command will write when it is done (a folder, or
+    a folder that cannot be made: the folder is made now), or None; found before minutes of
+    work, not after."""
+    if path.is_dir():
+        return f"{flag} {path} is a folder; give a file such as {path / example}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{flag} {path}: cannot create its folder ({exc.strerror or exc})"
+    return None

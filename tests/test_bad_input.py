@@ -296,6 +296,8 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {},
         "seeds=[0,",
     ),
+    # it failed only after minutes of timing
+    ("profile into /proc", profile_cli, lambda t: ["--out", "/proc/nosuch/p"], {}, "--out"),
     # --models took the overrides after it for model names
     (
         "profile overrides after --models",
