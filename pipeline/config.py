@@ -258,8 +258,9 @@ def check_output_dir(spec: RunSpec) -> None:
     """``output_dir`` is a folder this process can create and write to. Tried by making it (the
     only test that holds for root too); the folders made are removed again."""
     root = run_dir(spec).parent
-    made = [p for p in (root, *root.parents) if not p.exists()]  # deepest first
+    made: list[Path] = []
     try:
+        made = [p for p in (root, *root.parents) if not p.exists()]  # deepest first
         root.mkdir(parents=True, exist_ok=True)
         writable = os.access(root, os.W_OK | os.X_OK)
     except OSError as exc:

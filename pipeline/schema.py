@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -77,8 +78,21 @@ def _number(v: Any) -> bool:
 
 POSITIVE_INT = must("must be a positive integer", lambda v: _int(v) and v >= 1)
 NON_NEGATIVE_INT = must("must be an integer >= 0", lambda v: _int(v) and v >= 0)
-POSITIVE = must("must be a positive number", lambda v: _number(v) and v > 0)
-NON_NEGATIVE = must("must be a number >= 0", lambda v: _number(v) and v >= 0)
+POSITIVE = must("must be a positive finite number", lambda v: _number(v) and 0 < v < math.inf)
+NON_NEGATIVE = must("must be a finite number >= 0", lambda v: _number(v) and 0 <= v < math.inf)
+SEED = must("must be an integer in [0, 2**32)", lambda v: _int(v) and 0 <= v < 2**32)
+# torch crashes (SIGSEGV) with 100000 threads; no machine this runs on has more than this
+THREADS = must("must be an integer in [1, 1024]", lambda v: _int(v) and 1 <= v <= 1024)
+SPLIT = one_of(("val", "test"))
+# a path component of runs/studies/<study>: no folder separators, no "." or "..", not too long
+STUDY_NAME = must(
+    "must be a name without '/' (at most 200 characters), or null",
+    lambda v: (
+        v is None
+        or (not isinstance(v, str) and _number(v))
+        or (isinstance(v, str) and 0 < len(v) <= 200 and "/" not in v and v not in (".", ".."))
+    ),
+)
 PROBABILITY = must("must be a probability in [0, 1]", lambda v: _number(v) and 0 <= v <= 1)
 SIDE = must("must be a positive multiple of 32", lambda v: _int(v) and v > 0 and v % 32 == 0)
 FOUR_LEVELS = must("must list 4 levels (P2..P5)", lambda v: isinstance(v, list) and len(v) == 4)
@@ -183,8 +197,8 @@ class DataConfig(Group):
 @dataclass(frozen=True)
 class SyntheticData(DataConfig):
     split_seed: int = key(NON_NEGATIVE_INT)
-    n_val: int = key(NON_NEGATIVE_INT)
-    n_test: int = key(NON_NEGATIVE_INT)
+    n_val: int = key(POSITIVE_INT)  # 0 canvases: nan metrics that look like results
+    n_test: int = key(POSITIVE_INT)
     episodes_per_canvas: int = key(POSITIVE_INT)
     clutter_prob: float = key(PROBABILITY)
 
@@ -261,7 +275,7 @@ class TrainConfig(Group):
     contrast_weight: float = key(NON_NEGATIVE)
     checkpoint_every: int = key(POSITIVE_INT)
     eval_every: int = key(NON_NEGATIVE_INT)
-    threads: int = key(POSITIVE_INT)
+    threads: int = key(THREADS)
     device: str = key(DEVICE)  # auto | cpu | cuda (or cuda:<i>)
     precision: str = key(one_of(PRECISIONS))
 
@@ -270,7 +284,7 @@ class TrainConfig(Group):
 class EvalConfig(Group):
     """``eval``: how the trained model is evaluated (conf/config.yaml)."""
 
-    split: str = key()
+    split: str = key(SPLIT)
     modes: list[str] = key(
         Rule(
             lambda v: all(m in EVAL_MODES for m in v),
@@ -293,7 +307,7 @@ Tag = str | int | float | bool | None  # an MLflow tag's value (written with str
 class LabelConfig(Group):
     """``label``: where a run belongs (MLflow tags); not part of its identity."""
 
-    study: Tag = key()
+    study: Tag = key(STUDY_NAME)
     ablation: Tag = key()
     arm: Tag = key()
     sweep: Tag = key()
@@ -404,7 +418,7 @@ GROUPS = ("model", "data", "train", "eval", "label", "tracking", "launcher")
 class _TopLevel(Group):
     """The keys of ``conf/config.yaml`` outside the groups (``RunConfig`` says what they are)."""
 
-    seed: int = key(NON_NEGATIVE_INT)  # numpy's and the data's generators refuse negatives
+    seed: int = key(SEED)  # numpy's and the data's generators take [0, 2**32)
     profile: str | None = key()
     output_dir: str = key(must("must name a folder", bool))
     init_from: str | None = optional_key(

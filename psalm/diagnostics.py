@@ -117,6 +117,8 @@ def load_bearing(
     if len(chosen) < 2:  # nothing to compare with: no figures
         return {"episodes": float(len(chosen))}
     pools = {"novel": data.novel_ids, "base": data.base_ids}
+    # a support of another class needs a second class in the pool (one novel class: no ratios)
+    swappable = all(len(pools[_split_of(c, data)]) > 1 for _, c in chosen)
     parts = active_parts(model.fusion)
     changes: dict[str, list[Tensor]] = {}
 
@@ -137,15 +139,17 @@ def load_bearing(
         # another image of the chosen set (the next one), with the same support
         others = ev.images[[chosen[(start + j + 1) % len(chosen)][0] for j in range(len(batch))]]
         own = supports([c for _, c in batch])
-        wrong = supports([shuffled_class(c, pools[_split_of(c, data)], seed) for _, c in batch])
         fused, scores = outputs(images, own)
         fused_img, scores_img = outputs(others, own)
-        fused_sup, scores_sup = outputs(images, wrong)
         add = lambda key, value: changes.setdefault(key, []).append(value)  # noqa: E731
         add("fusion_image", _relative_change(fused, fused_img))
         add("score_image", _relative_change(scores, scores_img))
-        add("fusion_support", _relative_change(fused, fused_sup))
-        add("score_support", _relative_change(scores, scores_sup))
+        if swappable:
+            pool = lambda c: pools[_split_of(c, data)]  # noqa: E731
+            wrong = supports([shuffled_class(c, pool(c), seed) for _, c in batch])
+            fused_sup, scores_sup = outputs(images, wrong)
+            add("fusion_support", _relative_change(fused, fused_sup))
+            add("score_support", _relative_change(scores, scores_sup))
         for part, mode in SUPPORT_PARTS.items():
             add(part, _relative_change(scores, outputs(images, own, mode)[1]))
         for part in parts:
@@ -156,9 +160,10 @@ def load_bearing(
         "episodes": float(len(chosen)),
         "fusion_image_change": mean["fusion_image"],
         "score_image_change": mean["score_image"],
-        "fusion_support_ratio": mean["fusion_support"] / max(mean["fusion_image"], 1e-12),
-        "score_support_ratio": mean["score_support"] / max(mean["score_image"], 1e-12),
     }
+    if swappable:
+        result["fusion_support_ratio"] = mean["fusion_support"] / max(mean["fusion_image"], 1e-12)
+        result["score_support_ratio"] = mean["score_support"] / max(mean["score_image"], 1e-12)
     for part in [*SUPPORT_PARTS, *parts]:
         result[f"{part}_share"] = mean[part] / max(mean["score_image"], 1e-12)
     return result

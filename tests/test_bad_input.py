@@ -296,6 +296,20 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {},
         "seeds=[0,",
     ),
+    # these passed the checks and failed after training (or trained for nothing), leaving a
+    # FAILED run; the thread count crashed the process and left it RUNNING
+    ("zero test canvases", train_cli, lambda t: [*SMOKE, "data.n_test=0"], {}, "data.n_test"),
+    ("unknown eval split", train_cli, lambda t: [*SMOKE, "eval.split=banana"], {}, "eval.split"),
+    ("infinite lr", train_cli, lambda t: [*SMOKE, "model.lr=inf"], {}, "model.lr"),
+    ("seed over 2**32", train_cli, lambda t: [*SMOKE, "seed=99999999999999"], {}, "seed must"),
+    ("100000 threads", train_cli, lambda t: [*SMOKE, "train.threads=100000"], {}, "train.threads"),
+    (
+        "a study name with a path in it",
+        ablations_cli,
+        lambda t: ["run", "pyramid", *SMOKE, "label.study=../../escape"],
+        {},
+        "label.study",
+    ),
     # it failed only after minutes of timing
     ("profile into /proc", profile_cli, lambda t: ["--out", "/proc/nosuch/p"], {}, "--out"),
     # --models took the overrides after it for model names

@@ -191,6 +191,25 @@ def test_diagnostics_see_a_fusion_that_uses_its_support(glyphs: SyntheticGlyphs)
         assert figures[f"{part}_share"] > 0, part
 
 
+class _OneClassPerPool:
+    """The glyphs with one novel and one base class: no support of another class to swap in."""
+
+    def __init__(self, data: SyntheticGlyphs) -> None:
+        self._data = data
+        self.novel_ids, self.base_ids = data.novel_ids[:1], data.base_ids[:1]
+
+    def __getattr__(self, name: str):
+        return getattr(self._data, name)
+
+
+def test_one_class_per_pool_gives_the_shares_but_no_support_ratios(glyphs) -> None:
+    """A data set with a single novel class used to train fully and then crash here (another
+    class's support is what the ratios compare with); the shares need no other class."""
+    figures = load_bearing(_detector(), _OneClassPerPool(glyphs), episodes=4, batch_size=4)
+    assert "fusion_support_ratio" not in figures and "score_support_ratio" not in figures
+    assert figures["use_pyramid_share"] > 0 and figures["fusion_image_change"] > 0
+
+
 def test_a_part_that_is_off_gets_no_share(glyphs: SyntheticGlyphs) -> None:
     model = _detector(fusion=_fusion("cheaf", use_pyramid_refinement=False))
     figures = load_bearing(model, glyphs, episodes=4, batch_size=4)
