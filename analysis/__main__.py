@@ -54,7 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(log_level(args))
     try:
         return args.command(args)
-    except (LookupError, FileNotFoundError, ValueError) as err:
+    except (
+        LookupError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+    ) as err:  # a bad study, metric, file or --out: the user's to fix
         if debug_requested(debug_flag(args)):
             raise
         print(f"error: {one_line(err, input_error=True)}", file=sys.stderr)

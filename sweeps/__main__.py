@@ -220,14 +220,21 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from pipeline.config import ConfigError
     from sweeps.config import load_sweep
     from sweeps.driver import summarize
     from sweeps.export import export_best
     from sweeps.study import open_storage, open_study
 
     sweep = load_sweep(args.name, args.overrides)
-    study = open_study(sweep, open_storage(sweep))
-    path, others = export_best(sweep, summarize(sweep, study.get_trials(deepcopy=False), 0.0))
+    try:
+        study = open_study(sweep, open_storage(sweep))
+    except KeyError as exc:  # as in `sweeps status`
+        raise ConfigError(f"no sweep {sweep.sweep_id} in {sweep.storage}: run it first") from exc
+    summary = summarize(sweep, study.get_trials(deepcopy=False), 0.0)
+    if summary.best_trial is None:
+        raise ConfigError(f"sweep {sweep.sweep_id} has no complete trial to export yet")
+    path, others = export_best(sweep, summary)
     print(path)
     if others:
         print("also pass: " + " ".join(others))

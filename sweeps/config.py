@@ -198,6 +198,12 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         report_every = fitted
         base_overrides = [*run_overrides, f"train.eval_every={report_every}"]
         base = make_spec(base_overrides).config
+    elif report_every == 0:
+        # no reports while training, but the objective is still a validation metric: one
+        # validation at the last step (train.eval_every=0 would validate never)
+        note = f"report_every=0: the trials validate once, at step {steps}"
+        base_overrides = [*run_overrides, f"train.eval_every={steps}"]
+        base = make_spec(base_overrides).config
     else:
         note = ""
     space = _parse_space(cfg["space"], base, problems)

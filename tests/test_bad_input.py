@@ -75,6 +75,15 @@ def _missing_image(ann: Path, images: Path) -> None:
     (images / "train2.png").unlink()
 
 
+def _other_sweep_storage(root: Path) -> Path:
+    """An Optuna storage that holds another sweep only."""
+    import optuna
+
+    path = root / "optuna.db"
+    optuna.create_study(study_name="another-sweep", storage=f"sqlite:///{path}")
+    return path
+
+
 # (id, entry point, argv builder given a scratch folder, extra environment, expected text)
 CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]] = [
     ("bad flag value", ablations_cli, lambda t: ["run", "pyramid", "--no-wait=3"], {}, "no-wait"),
@@ -309,6 +318,14 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         lambda t: ["run", "pyramid", *SMOKE, "label.study=../../escape"],
         {},
         "label.study",
+    ),
+    # KeyError: 'Record does not exist.' with exit 1
+    (
+        "export of a sweep never run",
+        sweeps_cli,
+        lambda t: ["export", "psalm", f"storage=sqlite:///{_other_sweep_storage(t)}"],
+        {},
+        "no sweep psalm",
     ),
     # it failed only after minutes of timing
     ("profile into /proc", profile_cli, lambda t: ["--out", "/proc/nosuch/p"], {}, "--out"),

@@ -596,3 +596,13 @@ def test_unreachable_or_missing_storage_is_a_clear_error(tmp_path, tmp_mlflow_ur
     assert main(["run", str(path), f"storage={dead}", f"output_dir={tmp_path / 'runs'}"]) == 2
     assert f"cannot open the sweep storage {dead}" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_report_every_0_validates_once_at_the_end():
+    """With no reports while training, a trial still needs its validation metric: report_every=0
+    used to set train.eval_every=0 (never), and every trial failed "no val/nAP50"."""
+
+    sweep = load_sweep("psalm", ["report_every=0", "pruner.name=none", "profile=smoke"])
+    steps = make_spec(list(sweep.run_overrides)).config["train"]["steps"]
+    assert f"train.eval_every={steps}" in sweep.run_overrides
+    assert "validate once" in sweep.report_note
