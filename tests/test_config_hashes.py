@@ -20,6 +20,9 @@ Every one was re-stored when ``train.contrast_weight`` was added (2026-12-02, wi
 The default profile's ones were re-stored when that profile took the sweeps' trial 2 as its lr and
 warm-up factors and weight decay (2026-12-02; ``psalm/`` unchanged: runs of the old default keep
 their identity under ``train.lr_scale=30 train.warmup_scale=0.1 model.weight_decay=…``).
+The smoke profile's ones were re-stored when a profile's ``eval.*`` began to take effect (2026-12-03:
+``conf/config.yaml``'s own keys had overridden the profile's, so ``eval.diag_episodes`` was 64,
+not the smoke profile's 8; ``psalm/`` changed the same day).
 """
 
 from __future__ import annotations
@@ -69,13 +72,13 @@ STORED = {
     "smoke": (
         ["profile=smoke"],
         {},
-        "3230cf6426c78691c277294e4806f7b9a4c6b521d183fee75645f44474253a83",
+        "fe3a355a2433c318e9e595b9d0821fc1b49f0ec15f47ff9f9b5511c016c14e8f",
     ),
     "no_pyramid study cell": (
         ["model=psalm", "seed=1", "model.use_pyramid=false", "profile=smoke",
          "label.study=pyramid-smoke", "label.ablation=pyramid", "label.arm=no_pyramid"],
         {},
-        "7062b422dc18cfb06b079769d322285575cd02e985a4a229af75ba1e756c3272",
+        "07379252c70ac9a3f925f3e67a50a0e5d5fb4b56fb12f326232bbfd5b1f4b6d1",
     ),
     "cheaf paper, no refinement or convolutions": (
         ["model=cheaf", "profile=paper", "model.use_pyramid_refinement=false",
@@ -86,22 +89,22 @@ STORED = {
     "eval spec": (
         ["model=cheaf", "profile=smoke", "seed=2"],
         {"kind": "eval", "eval_mode": "none", "eval_of": TRAINED},
-        "ad690b6ea1f34716da9975d6c999b68b9b50cb3d03dbb1061deda0917413faed",
+        "5234009a3bf8a52e47f13703ed38a0c8b2e2aca3acb9137a94a9f26a2c20dd20",
     ),
     "sweep trial": (
         SWEEP_TRIAL,
         {},
-        "80bb549b16c5178579794c9f75f4e4c98ebee7a7a6183c773994a14ee0ba279d",
+        "aa2761efe320d3b23adbb9d382e5d6f8bfcfbaed8b34ce31b83374cec7246a71",
     ),
     "coco": (
         [*COCO, "profile=smoke"],
         {},
-        "13a267e0ec9598c0162e6947e39c060a9e69f30edb55b99ba5dede845676f398",
+        "52b35fde7f9bb9801a50954a627e0c71691bb75530bdece2e8c71d3050548e1c",
     ),
     "video": (
         ["data=video", "profile=smoke"],
         {},
-        "a64b9bf20ff9aecc6fdb7e482e8bac605c285eb34753f9d48478111e314a7adb",
+        "c650a0f66bb665813fe2b8ebe9b25830e486951fe83b2bd95bc001a406118136",
     ),
     "older detector and options": (
         ["model.match_on=backbone", "model.head_similarity=prototype",
