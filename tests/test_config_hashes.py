@@ -20,9 +20,9 @@ Every one was re-stored when ``train.contrast_weight`` was added (2026-12-02, wi
 The default profile's ones were re-stored when that profile took the sweeps' trial 2 as its lr and
 warm-up factors and weight decay (2026-12-02; ``psalm/`` unchanged: runs of the old default keep
 their identity under ``train.lr_scale=30 train.warmup_scale=0.1 model.weight_decay=…``).
-The smoke profile's ones were re-stored when a profile's ``eval.*`` began to take effect (2026-12-03:
-``conf/config.yaml``'s own keys had overridden the profile's, so ``eval.diag_episodes`` was 64,
-not the smoke profile's 8; ``psalm/`` changed the same day).
+The smoke profile's ones were re-stored when a profile's ``eval.*`` began to take effect
+(2026-12-03: ``conf/config.yaml``'s own keys had overridden the profile's, so
+``eval.diag_episodes`` was 64, not the smoke profile's 8; ``psalm/`` changed the same day).
 """
 
 from __future__ import annotations
