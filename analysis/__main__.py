@@ -213,6 +213,17 @@ def machine_mix(runs: pd.DataFrame) -> str:
     )
 
 
+def _level(text: str) -> float:
+    """argparse ``type=`` for a test's level: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     flags = verbosity_flags()
     parser = OneLineParser(
@@ -268,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("study_a")
     sub.add_argument("study_b")
-    sub.add_argument("--alpha", type=float, default=0.05, help="Welch t-test level for 'moved'")
+    sub.add_argument(
+        "--alpha", type=_level, default=0.05, help="Welch t-test level for 'moved' (0 < alpha < 1)"
+    )
     sub.set_defaults(command=_compare)
 
     sub = commands.add_parser("studies", parents=[common], help="list the studies in the store")

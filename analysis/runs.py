@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.mlflow_server import check_server
+from pipeline.mlflow_server import check_store
 from pipeline.study_tags import quote, search_study, studies_of
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -170,7 +170,7 @@ def _client(tracking_uri: str | None):
     from mlflow.tracking import MlflowClient  # slow import: only when a store is read
 
     uri = resolve_tracking_uri(tracking_uri)
-    check_server(uri)
+    check_store(uri)
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.is_file():

@@ -89,6 +89,17 @@ def _healthy(uri: str) -> bool:
         return False
 
 
+def check_store(uri: str) -> None:
+    """A ValueError for a store URI that is surely a mistake: a bare ``….db`` path, which MLflow
+    would take for a folder of its file store; a ConnectionError from ``check_server``."""
+    if "://" not in uri and uri.endswith(".db"):
+        raise ValueError(
+            f"tracking URI {uri!r} is a file path: a SQLite store is "
+            f"sqlite:///{Path(uri).absolute()}"
+        )
+    check_server(uri)
+
+
 def check_server(uri: str, timeout_s: float = 10.0) -> None:
     """For a server's URI (``http(s)://``): a ConnectionError at once if nothing answers there,
     where MLflow's client would retry for about 4 minutes before saying so. Any HTTP answer (a

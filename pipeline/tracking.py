@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import REPO_ROOT, ConfigError, RunSpec, flatten
 from pipeline.lease import LOCK_FILE
 from pipeline.lease import holder as lease_holder
-from pipeline.mlflow_server import FRONTED_STORE, check_server
+from pipeline.mlflow_server import FRONTED_STORE, check_store
 from pipeline.study_tags import STUDIES_TAG, search_study, studies_of
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -157,8 +157,8 @@ class Tracker:
     def __init__(self, uri: str | None = None, experiment: str = "psalm") -> None:
         self.uri = tracking_uri(uri)
         try:
-            check_server(self.uri)
-        except ConnectionError as exc:
+            check_store(self.uri)
+        except (ConnectionError, ValueError) as exc:
             raise ConfigError(str(exc)) from exc
         try:
             create_sqlite_store(self.uri)

@@ -256,13 +256,15 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         problems.append(f"heartbeat_s={heartbeat_s!r} must be a positive integer")
     if not isinstance(max_retries, int) or max_retries < 0:
         problems.append(f"max_retries={max_retries!r} must be an integer >= 0")
+    model = _model_group(run_overrides)
+    export = str(cfg.get("export") or "")  # "": sweeps.export.export_path's default
+    problems += _export_problems(export, model)
     if problems:
         raise ConfigError(
             f"{where} is invalid, nothing dispatched:\n  - " + "\n  - ".join(problems)
         )
     _probe(space, base_overrides, where)
     sweep_id = f"{path.stem}-{base.get('profile') or 'default'}"
-    model = _model_group(run_overrides)
     return Sweep(
         name=path.stem,
         sweep_id=sweep_id,
@@ -280,12 +282,25 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         heartbeat_s=heartbeat_s,
         max_retries=max_retries,
         run_overrides=tuple(base_overrides),
-        export=str(cfg.get("export") or ""),  # "": sweeps.export.export_path's default
+        export=export,
         steps=int(base["train"]["steps"]),
         baseline=baseline,
         seeds=seeds,
         settings=cfg,
     )
+
+
+def _export_problems(export: str, model: str) -> list[str]:
+    """What is wrong with ``export=`` (found now, not after every trial has run)."""
+    if not export:
+        return []
+    try:
+        path = Path(export.format(model=model))
+    except (KeyError, IndexError, ValueError) as exc:
+        return [f"export={export!r}: only {{model}} is filled in ({type(exc).__name__}: {exc})"]
+    if (path if path.is_absolute() else REPO_ROOT / path).is_dir():
+        return [f"export={export!r} is a folder; give a file such as {path / f'{model}.yaml'}"]
+    return []
 
 
 def first_report_after_warmup(

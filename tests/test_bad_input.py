@@ -327,6 +327,36 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {},
         "no sweep psalm",
     ),
+    # these failed only after every trial had run (exit 1)
+    (
+        "sweep export into a folder",
+        sweeps_cli,
+        lambda t: ["run", "psalm", f"export={t}"],
+        {},
+        "fold",
+    ),
+    (
+        "sweep export name with an unknown field",
+        sweeps_cli,
+        lambda t: ["run", "psalm", "export='out/{foo}.yaml'"],
+        {},
+        "only {model}",
+    ),
+    (
+        "compare at level 5",
+        analysis_cli,
+        lambda t: ["compare", "a", "b", "--alpha", "5"],
+        {},
+        "alph",
+    ),
+    # MLflow took a bare .db path for a file store's folder
+    (
+        "a SQLite file without sqlite:///",
+        train_cli,
+        lambda t: [*SMOKE, f"tracking.uri={t / 'mlflow.db'}"],
+        {},
+        "sqlite:///",
+    ),
     # it failed only after minutes of timing
     ("profile into /proc", profile_cli, lambda t: ["--out", "/proc/nosuch/p"], {}, "--out"),
     # --models took the overrides after it for model names
