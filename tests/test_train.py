@@ -389,7 +389,7 @@ def test_an_eval_spec_with_an_unknown_mode_is_refused_up_front() -> None:
 
 def test_evaluating_a_run_that_was_never_trained_fails_clearly(store: Store) -> None:
     before = {r.info.run_id for r in store.runs()}
-    with pytest.raises(RuntimeError, match="not FINISHED"):
+    with pytest.raises(ConfigError, match="not FINISHED .*train it first"):  # exit 2: the user's
         evaluate_run(tuple(smoke(store, "cheaf", "seed=12345")), "none")
     assert {r.info.run_id for r in store.runs()} == before
 
