@@ -194,6 +194,13 @@ class DataConfig(Group):
     support_size: int = key(SIDE)
 
 
+# what pipeline/run.py's SyntheticGlyphs (psalm/data/_synthetic.py) draws with its defaults:
+# glyphs up to 64 px, and at least 3 classes a canvas, so at most 3 + 1 episodes a canvas
+# (tests/test_schema.py checks these against the class's defaults)
+GLYPH_MAX = 64
+MAX_EPISODES_PER_CANVAS = 4
+
+
 @dataclass(frozen=True)
 class SyntheticData(DataConfig):
     split_seed: int = key(NON_NEGATIVE_INT)
@@ -201,6 +208,21 @@ class SyntheticData(DataConfig):
     n_test: int = key(POSITIVE_INT)
     episodes_per_canvas: int = key(POSITIVE_INT)
     clutter_prob: float = key(PROBABILITY)
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.image_size < GLYPH_MAX:
+            problems.append(
+                f"data.image_size={self.image_size} is smaller than the benchmark's largest "
+                f"glyph ({GLYPH_MAX} px): use {GLYPH_MAX} or more"
+            )
+        if self.episodes_per_canvas > MAX_EPISODES_PER_CANVAS:
+            problems.append(
+                f"data.episodes_per_canvas={self.episodes_per_canvas} exceeds "
+                f"{MAX_EPISODES_PER_CANVAS}: a canvas holds at least "
+                f"{MAX_EPISODES_PER_CANVAS - 1} classes and one absent-class query"
+            )
+        return problems
 
 
 @dataclass(frozen=True)
@@ -228,12 +250,18 @@ class VideoSynthetic(Group):
 VIDEO_PATHS = ("train_root", "train_ann", "test_root", "test_ann")
 
 
+VIDEO_PATH = must(
+    "must name a folder or file, or be null for the embedded videos",
+    lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
+)
+
+
 @dataclass(frozen=True)
 class VideoData(DataConfig):
-    train_root: str | None = key()
-    train_ann: str | None = key()
-    test_root: str | None = key()
-    test_ann: str | None = key()
+    train_root: str | None = key(VIDEO_PATH)
+    train_ann: str | None = key(VIDEO_PATH)
+    test_root: str | None = key(VIDEO_PATH)
+    test_ann: str | None = key(VIDEO_PATH)
     frame_stride: int = key(POSITIVE_INT)
     background_share: float = key(SHARE)
     eval_stride: int = key(POSITIVE_INT)
@@ -326,6 +354,51 @@ class TrackingConfig(Group):
 LAUNCHER_KINDS = ("debug", "local", "slurm")
 
 
+def _or_null(text: str, test: Callable[[Any], bool]) -> Rule:
+    """``must(text)``, where null (the launcher's default) passes too."""
+    return must(f"{text}, or null for the default", lambda v: v is None or test(v))
+
+
+def _list_of(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list | tuple) and all(test(x) for x in v)
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+# each LauncherConfig field's check; a value of the wrong type reads as the rule's words
+_LAUNCHER_RULES: dict[str, Rule] = {
+    "kind": one_of(LAUNCHER_KINDS),
+    "slots": _or_null("must be a positive integer", lambda v: _int(v) and v >= 1),
+    "threads_per_job": _or_null("must be an integer in [1, 1024]", THREADS.test),
+    "gpus": must(
+        "must be a list of GPU ids (e.g. [0, 1]), [] for CPU only, or null to detect them",
+        lambda v: v is None or _list_of(lambda g: (_int(g) and g >= 0) or _text(g))(v),
+    ),
+    "time_min": _or_null("must be a positive number of minutes", POSITIVE.test),
+    "signal_delay_s": NON_NEGATIVE_INT,
+    "max_requeues": NON_NEGATIVE_INT,
+    "log_folder": _or_null("must name a folder", _text),
+    "partition": _or_null("must be a partition name", _text),
+    "account": _or_null("must be an account name", _text),
+    "qos": _or_null("must be a QOS name", _text),
+    "gpus_per_job": NON_NEGATIVE_INT,
+    "cpus_per_task": THREADS,
+    "mem_gb": _or_null("must be a positive number of GB", POSITIVE.test),
+    "array_parallelism": _or_null("must be a positive integer", lambda v: _int(v) and v >= 1),
+    "job_name": must("must be a non-empty name", _text),
+    "setup": must(
+        "must be a list of shell lines, not one string (e.g. launcher.setup='[module load cuda]')",
+        _list_of(lambda line: isinstance(line, str)),
+    ),
+    "extra_sbatch": must(
+        "must be a mapping of sbatch options (e.g. {constraint: a100})",
+        lambda v: isinstance(v, Mapping),
+    ),
+}
+
+
 @dataclass(frozen=True)
 class LauncherConfig:
     """``launcher=…``: where and how jobs run. Fields not used by `kind` are ignored."""
@@ -355,30 +428,25 @@ class LauncherConfig:
     extra_sbatch: dict[str, Any] = field(default_factory=dict)  # e.g. {"constraint": "a100"}
 
     def __post_init__(self) -> None:
+        problems = [
+            rule.message(f"launcher.{name}", getattr(self, name))
+            for name, rule in _LAUNCHER_RULES.items()
+            if not rule.test(getattr(self, name))
+        ]
+        limit_s = None if problems or self.time_min is None else self.time_min * 60
+        if limit_s is not None and self.kind != "debug" and limit_s <= self.signal_delay_s:
+            problems.append(
+                f"launcher.time_min={self.time_min} ({limit_s:g} s) must be longer than "
+                f"launcher.signal_delay_s={self.signal_delay_s}: a job is told to checkpoint "
+                "that long before its time limit, so it would be stopped as soon as it started"
+            )
+        if problems:
+            raise ValueError("invalid launcher config: " + "; ".join(problems))
         # Hydra hands over lists; keep the dataclass immutable and comparable.
         if self.gpus is not None:
             object.__setattr__(self, "gpus", tuple(str(g) for g in self.gpus))
         object.__setattr__(self, "setup", tuple(self.setup))
         object.__setattr__(self, "extra_sbatch", dict(self.extra_sbatch))
-        problems = []
-        if self.kind not in LAUNCHER_KINDS:
-            problems.append(f"kind={self.kind!r} is not one of {', '.join(LAUNCHER_KINDS)}")
-        for name in ("slots", "threads_per_job", "array_parallelism"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"{name}={value} must be at least 1 (or null for the default)")
-        if self.cpus_per_task < 1:
-            problems.append(f"cpus_per_task={self.cpus_per_task} must be at least 1")
-        if self.gpus_per_job < 0:
-            problems.append(f"gpus_per_job={self.gpus_per_job} must be 0 or more")
-        if self.time_min is not None and self.time_min <= 0:
-            problems.append(f"time_min={self.time_min} must be positive (or null)")
-        if self.mem_gb is not None and self.mem_gb <= 0:
-            problems.append(f"mem_gb={self.mem_gb} must be positive (or null)")
-        if self.signal_delay_s < 0 or self.max_requeues < 0:
-            problems.append("signal_delay_s and max_requeues must be 0 or more")
-        if problems:
-            raise ValueError("invalid launcher config: " + "; ".join(problems))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> LauncherConfig:

@@ -43,6 +43,7 @@ from pipeline.dispatch import (
     FINAL_STATES,
     LauncherConfig,
     cancel,
+    check_launcher,
     dispatch,
     local_slots,
     new_batch_id,
@@ -105,6 +106,7 @@ def drive(sweep: Sweep, *, wait: bool = True) -> Summary:
     base = make_spec(list(sweep.run_overrides))
     check_spec(base)  # data files and K shots, before anything is dispatched
     launcher = LauncherConfig.from_mapping(base.config["launcher"])
+    check_launcher(launcher)
     workers = sweep.workers
     if launcher.kind == "debug":
         workers = 1  # in this process, one trial after another

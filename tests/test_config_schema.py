@@ -166,3 +166,21 @@ def test_a_saved_config_with_a_bad_key_is_refused_naming_it(change, message: str
     change(config)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("?", r"\?")):
         spec_from_config(config)
+
+
+def test_the_synthetic_bounds_are_the_benchmarks_own() -> None:
+    """The schema refuses a canvas under the largest glyph and more episodes a canvas than it
+    has classes plus one absent query, using bounds copied from the benchmark's defaults."""
+    import inspect
+
+    from pipeline.schema import GLYPH_MAX, MAX_EPISODES_PER_CANVAS
+    from psalm.data import SyntheticGlyphs
+
+    defaults = inspect.signature(SyntheticGlyphs).parameters
+    assert defaults["glyph_sizes"].default[1] == GLYPH_MAX
+    assert defaults["classes_per_image"].default[0] + 1 == MAX_EPISODES_PER_CANVAS
+    SyntheticGlyphs(image_size=GLYPH_MAX, episodes_per_canvas=MAX_EPISODES_PER_CANVAS, n_val=1)
+    make_spec([*SMOKE, f"data.image_size={GLYPH_MAX}"])
+    for bad in (f"data.image_size={GLYPH_MAX - 32}", "data.episodes_per_canvas=5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            make_spec([*SMOKE, bad])

@@ -106,7 +106,7 @@ def read_records(folder: Path) -> list[dict]:
 def test_launcher_config_rejects_bad_values_and_unknown_keys() -> None:
     with pytest.raises(ValueError, match="kind='cloud'"):
         LauncherConfig(kind="cloud")
-    with pytest.raises(ValueError, match="slots=0"):
+    with pytest.raises(ValueError, match="launcher.slots must be a positive integer.*got 0"):
         LauncherConfig(slots=0)
     with pytest.raises(ValueError, match="unknown launcher setting.*'partion'"):
         LauncherConfig.from_mapping({"kind": "slurm", "partion": "gpu"})

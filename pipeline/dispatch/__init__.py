@@ -54,7 +54,7 @@ from pipeline.dispatch.status import (
     summarize,
     wait_for,
 )
-from pipeline.dispatch.submit import dispatch
+from pipeline.dispatch.submit import check_launcher, dispatch
 
 __all__ = [
     "CANCEL_WAIT_S",
@@ -70,6 +70,7 @@ __all__ = [
     "batch_folder",
     "batch_folders",
     "cancel",
+    "check_launcher",
     "dispatch",
     "format_status",
     "local_slots",

@@ -12,17 +12,32 @@ import submitit
 
 from pipeline.dispatch.job import SchedulerView
 from pipeline.dispatch.launcher import JOB_DEFAULTS, PACKAGE_ROOT, THREAD_VARIABLES, LauncherConfig
+from pipeline.schema import ConfigError
 
 DEFAULT_TIME_MIN = 60
 
 
 def check_available() -> None:
-    missing = [tool for tool in ("sbatch", "srun", "squeue", "scancel") if not shutil.which(tool)]
+    """SLURM's commands are on PATH and its controller answers (``ConfigError`` otherwise)."""
+    tools = ("sbatch", "srun", "squeue", "scancel", "scontrol")
+    missing = [tool for tool in tools if not shutil.which(tool)]
     if missing:
-        raise RuntimeError(
+        raise ConfigError(
             f"launcher=slurm needs SLURM's commands on PATH, missing: {', '.join(missing)}. "
             "Run this on a cluster login node, start a local one with scripts/slurm-up.sh, "
             "or use launcher=local."
+        )
+    try:  # without a controller every sbatch fails; scontrol ping answers at once either way
+        ping = subprocess.run(
+            ["scontrol", "ping"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"launcher=slurm: `scontrol ping` failed ({exc})") from exc
+    if ping.returncode != 0:
+        answer = " ".join(ping.stdout.split("\n")[0].split()) or ping.stderr.strip()
+        raise ConfigError(
+            f"launcher=slurm: the SLURM controller does not answer (scontrol ping: {answer}). "
+            "Start it (scripts/slurm-up.sh for a local one) or use launcher=local."
         )
 
 

@@ -24,6 +24,7 @@ from pipeline.dispatch.status import (
     with_result,
 )
 from pipeline.progress import Progress
+from pipeline.schema import ConfigError
 
 
 def dispatch(
@@ -99,6 +100,20 @@ def dispatch(
     if not wait:
         return status(batch_dir)
     return wait_for(batch_dir, progress=progress, poll_s=poll_s)
+
+
+def check_launcher(launcher: LauncherConfig) -> None:
+    """What this machine must have for ``launcher``, checked before a study or sweep plans any
+    job (``ConfigError``): SLURM's commands for ``launcher=slurm``; for a local queue that names
+    its GPUs (``launcher.gpus``), a GPU to run on: without one the jobs would train on the CPU."""
+    if launcher.kind == "slurm":
+        slurm.check_available()
+    if launcher.kind == "local" and launcher.gpus and not local.visible_gpus():
+        raise ConfigError(
+            f"launcher.gpus=[{', '.join(launcher.gpus)}]: this machine shows no GPU "
+            "(nvidia-smi lists none, CUDA_VISIBLE_DEVICES is unset); leave launcher.gpus unset "
+            "(null) to detect them, or set launcher.gpus=[] for CPU slots"
+        )
 
 
 def _default_label(spec: Any) -> str:
