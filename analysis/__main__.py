@@ -23,6 +23,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.cli import (
@@ -90,6 +91,10 @@ def _report(args: argparse.Namespace) -> int:
     from analysis.claims import DEFAULT_BENCHMARK
     from analysis.dashboard import DEFAULT_REPORTS, write_dashboard
 
+    if args.benchmark is not None and not Path(args.benchmark).is_file():
+        raise FileNotFoundError(
+            f"no benchmark file at {args.benchmark} (--benchmark; make benchmark writes one)"
+        )
     analysis = _analyze(args, args.study)
     _warn_excluded(analysis, sys.stderr)
     if args.mlflow:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.config import yaml_problem
 from psalm.options import check_metric
 
 DEFAULT_EXPECTATIONS = Path(__file__).resolve().parents[1] / "conf" / "expectations.yaml"
@@ -69,7 +70,13 @@ def load_expectations(path: str | Path | None = None) -> Expectations:
     path = Path(path) if path is not None else DEFAULT_EXPECTATIONS
     if not path.is_file():
         raise FileNotFoundError(f"expectations file {path} not found (see conf/expectations.yaml)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"expectations file {path}: not valid YAML ({yaml_problem(exc)})") from exc
+    if not isinstance(raw, dict):
+        kind = type(raw).__name__
+        raise ValueError(f"expectations file {path}: a mapping of settings, not a {kind}")
     where = f"in {path}"
     scale = raw.get("scale", "relative")
     if scale not in SCALES:

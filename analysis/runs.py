@@ -60,6 +60,8 @@ def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
 
     Raises LookupError naming the studies that do exist when none matches.
     """
+    if not study.strip():  # "" would match the runs no study tagged
+        raise LookupError("no study name given (python -m analysis studies lists them)")
     client, uri = _client(tracking_uri)
     runs = search_study(lambda where: _search(client, where), study)
     runs = [r for r in runs if r.data.tags.get("kind") != STUDY_RUN_KIND]

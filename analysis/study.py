@@ -69,6 +69,8 @@ def analyze_study(
     """
     if metric is not None:
         check_metric(metric)  # before MLflow is read
+    if not isinstance(expectations, Expectations):
+        expectations = load_expectations(expectations)  # a bad file: before MLflow is read
     uri = resolve_tracking_uri(tracking_uri)
     runs = load_runs(study, uri)
     schedule = load_study_design(study, uri)

@@ -151,6 +151,15 @@ def _is_group_addition(override: str) -> bool:
     return (CONF_DIR / key.replace(".", "/")).is_dir()
 
 
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in a few words with its place: ``expected ',' or ']' at line 2,
+    column 1`` (PyYAML's own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).strip().split("\n")[0]
+    return f"{problem}{where}"
+
+
 def misspelt_setting(
     error: str, overrides: Sequence[str], settings: Sequence[str], command: str
 ) -> str:
@@ -275,15 +284,26 @@ def check_output_dir(spec: RunSpec) -> None:
         raise ConfigError(f"output_dir={spec.config['output_dir']}: {root} is not writable")
 
 
-def check_data(spec: RunSpec) -> None:
-    """The run's data files exist, parse and have K shots per class. Synthetic data needs no
-    check, so only COCO and video data load torch (``pipeline.run.build_data``)."""
+def check_data(spec: RunSpec, eval_modes: Sequence[str] = ()) -> None:
+    """The run's data files exist, parse and have K shots per class, and the evaluation modes
+    (the run's, and ``eval_modes`` that a study evaluates it in) can be run on them. Synthetic
+    data needs no check, so only COCO and video data load torch (``pipeline.run.build_data``)."""
     data_cfg = spec.config["data"]
     if data_cfg["name"] in ("coco", "video"):  # video: also decodes each video once (cache)
         from pipeline.run import build_data
 
         data = build_data(data_cfg)
         data.validate(spec.config["train"]["shots"])
+        modes = {*spec.config["eval"]["modes"], *eval_modes}
+        if spec.kind == "eval":
+            modes.add(spec.eval_mode)
+        if "shuffled" in modes and len(data.novel_ids) < 2:
+            names = ", ".join(data.categories[c] for c in data.novel_ids)
+            raise ConfigError(
+                f"eval mode shuffled gives each query another novel class's support, and "
+                f"data={data_cfg['name']} has one novel class ({names}): name a second, or "
+                "leave shuffled out of eval.modes"
+            )
         warning = unmatchable_boxes(spec.config["model"], data.box_sides(), data_cfg["image_size"])
         if warning:
             _warn_once(warning)  # a study checks each model and seed: one warning is enough

@@ -24,16 +24,26 @@ others (``profile=smoke``, ``launcher=slurm``, ``train.steps=200``) go to every 
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import CONF_DIR, REPO_ROOT, ConfigError, make_spec, misspelt_setting
+from pipeline.config import (
+    CONF_DIR,
+    REPO_ROOT,
+    ConfigError,
+    make_spec,
+    misspelt_setting,
+    user_conf_dir,
+    yaml_problem,
+)
+from pipeline.schema import did_you_mean
 from psalm.evaluation import METRIC_NAMES
 
 SWEEP_DIR = CONF_DIR / "sweep"
@@ -56,6 +66,28 @@ SWEEP_KEYS = (
 )
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "threshold", "none")
+
+
+def _count(least: int) -> tuple[str, Callable[[Any], bool]]:
+    return f"an integer >= {least}", lambda v: _integer(v) and v >= least
+
+
+_SEED = ("null or an integer in [0, 2**32)", lambda v: v is None or (_integer(v) and v < 2**32))
+_BOUND = ("null or a number", lambda v: v is None or _real(v))
+# The settings each sampler and pruner takes (sweeps.study builds them), and what each must be.
+# A setting of another sampler or pruner is left unused: a sweep file's pruner settings stay
+# put when the command line says pruner.name=none.
+SAMPLER_SETTINGS: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "tpe": {"seed": _SEED, "startup_trials": _count(0)},
+    "random": {"seed": _SEED},
+    "grid": {"seed": _SEED},
+}
+PRUNER_SETTINGS: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "median": {"startup_trials": _count(0), "warmup_steps": _count(0)},
+    "hyperband": {"min_resource": _count(1), "reduction_factor": _count(2)},
+    "threshold": {"lower": _BOUND, "upper": _BOUND},  # trials outside [lower, upper] stop
+    "none": {},
+}
 KINDS = ("float", "int", "categorical")
 # Keys that say where or how a run executes or how it is labelled: searching them changes nothing.
 UNSEARCHABLE = ("label", "launcher", "tracking", "output_dir", "hydra")
@@ -159,7 +191,12 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
     if not path.exists():
         raise ConfigError(f"unknown sweep {name!r}; choose one of {', '.join(sweep_names())}")
     sweep_ovr, run_ovr = split_overrides(overrides)
-    raw = OmegaConf.load(path)
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as exc:  # YAML syntax
+        raise ConfigError(f"{path}: not a valid sweep file ({yaml_problem(exc)})") from exc
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path}: a sweep file is a mapping of settings, not a list or a value")
     if isinstance(raw.get("space"), Mapping):  # model.lr: {…} → model: {lr: {…}}, as overrides nest
         raw.space = _nest(OmegaConf.to_container(raw.space))
     try:
@@ -175,7 +212,13 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         if key not in cfg:
             raise ConfigError(f"{where}: missing setting {key!r}")
     problems: list[str] = []
-    run_overrides = [*(cfg.get("overrides") or []), *run_ovr]
+    file_overrides = cfg.get("overrides") or []
+    if not isinstance(file_overrides, list) or not all(isinstance(o, str) for o in file_overrides):
+        problems.append(
+            f"overrides={file_overrides!r} must be a list of run overrides, e.g. [model=cheaf]"
+        )
+        file_overrides = []
+    run_overrides = [*file_overrides, *run_ovr]
     seeds = _seeds(cfg.get("seeds"), problems)
     if len(seeds) == 1:  # one seed is the run's own: an ordinary run override
         run_overrides.append(f"seed={seeds[0]}")
@@ -217,10 +260,10 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
     direction = cfg.get("direction", "maximize")
     if direction not in ("maximize", "minimize"):
         problems.append(f"direction={direction!r} must be maximize or minimize")
-    sampler = {"name": "tpe", "seed": 0, **(cfg.get("sampler") or {})}
-    pruner = {"name": "median", **(cfg.get("pruner") or {})}
-    if sampler["name"] not in SAMPLERS:
-        problems.append(f"sampler.name={sampler['name']!r} is not one of {SAMPLERS}")
+    sampler = {"name": "tpe", "seed": 0, **_mapping(cfg, "sampler", problems)}
+    pruner = {"name": "median", **_mapping(cfg, "pruner", problems)}
+    problems += _settings_problems("sampler", sampler, SAMPLER_SETTINGS)
+    problems += _settings_problems("pruner", pruner, PRUNER_SETTINGS)
     if sampler["name"] == "grid":
         for p in space:
             if p.kind != "categorical" and p.step is None:
@@ -228,7 +271,7 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
                     f"space.{p.key}: the grid sampler needs choices or a step for a range"
                 )
     if pruner["name"] not in PRUNERS:
-        problems.append(f"pruner.name={pruner['name']!r} is not one of {PRUNERS}")
+        pass  # said above
     elif report_every and pruner["name"] in ("hyperband", "median"):
         # No trial is judged before every trial's warm-up has ended: the first report after the
         # longest warm-up the space allows (at most the last step). At 150 steps Hyperband used to
@@ -257,7 +300,7 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
     if not isinstance(max_retries, int) or max_retries < 0:
         problems.append(f"max_retries={max_retries!r} must be an integer >= 0")
     model = _model_group(run_overrides)
-    export = str(cfg.get("export") or "")  # "": sweeps.export.export_path's default
+    export = str(cfg.get("export") or "")  # "": export_file's default
     problems += _export_problems(export, model)
     if problems:
         raise ConfigError(
@@ -290,15 +333,70 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
     )
 
 
+def _mapping(cfg: Mapping[str, Any], key: str, problems: list[str]) -> Mapping[str, Any]:
+    """``cfg[key]`` (a mapping, or nothing); a problem if it is something else."""
+    value = cfg.get(key) or {}
+    if isinstance(value, Mapping):
+        return value
+    problems.append(f"{key}={value!r} must be a mapping, e.g. {key}: {{name: …}}")
+    return {}
+
+
+def _settings_problems(
+    kind: str, chosen: Mapping[str, Any], table: Mapping[str, Mapping[str, tuple]]
+) -> list[str]:
+    """What is wrong with the ``sampler`` or ``pruner`` settings: an unknown name, a setting no
+    sampler (pruner) takes, a value the chosen one cannot use."""
+    name = chosen["name"]
+    if name not in table:
+        return [f"{kind}.name={name!r} is not one of {tuple(table)}"]
+    problems = []
+    known = {"name"} | {k for settings in table.values() for k in settings}
+    for key in sorted(set(chosen) - known):
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {kind}.{close[0]}?" if close else ""
+        takes = ", ".join(table[name]) or "no settings"
+        problems.append(f"{kind}.{key} is not a setting{hint} ({kind} {name} takes {takes})")
+    for key, (text, test) in table[name].items():
+        if key in chosen and not test(chosen[key]):
+            problems.append(f"{kind}.{key} must be {text}, got {chosen[key]!r}")
+    if name == "threshold" and not problems:
+        lower, upper = chosen.get("lower"), chosen.get("upper")
+        if lower is None and upper is None:
+            problems.append(
+                "pruner.name=threshold needs pruner.lower or pruner.upper: a trial whose "
+                "metric falls outside [lower, upper] is stopped"
+            )
+        elif lower is not None and upper is not None and lower >= upper:
+            problems.append(f"pruner.lower={lower} must be below pruner.upper={upper}")
+    return problems
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def export_file(export: str, model: str) -> Path:
+    """Where a sweep's best model config goes: ``export`` with ``{model}`` filled in (relative:
+    to the repository), or by default ``<user_conf_dir>/model/<model>_tuned.yaml``. Another
+    ``{field}`` raises KeyError (IndexError, ValueError for other bad formats)."""
+    if not export:
+        return user_conf_dir() / "model" / f"{model}_tuned.yaml"
+    path = Path(export.format(model=model))
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
 def _export_problems(export: str, model: str) -> list[str]:
     """What is wrong with ``export=`` (found now, not after every trial has run)."""
-    if not export:
-        return []
     try:
-        path = Path(export.format(model=model))
+        path = export_file(export, model)
     except (KeyError, IndexError, ValueError) as exc:
         return [f"export={export!r}: only {{model}} is filled in ({type(exc).__name__}: {exc})"]
-    if (path if path.is_absolute() else REPO_ROOT / path).is_dir():
+    if path.is_dir():
         return [f"export={export!r} is a folder; give a file such as {path / f'{model}.yaml'}"]
     return []
 
@@ -348,6 +446,14 @@ def _parse_space(space: Any, base: Mapping[str, Any], problems: list[str]) -> li
         if not _has_key(base, key):
             problems.append(f"{where}: {key!r} is not a key of the run config")
             continue
+        extra = sorted(set(spec) - _ENTRY_KEYS)
+        if extra:
+            hints = "".join(did_you_mean(k, _ENTRY_KEYS) for k in extra)
+            problems.append(
+                f"{where}: unknown field(s) {extra}{hints} (an entry takes "
+                f"{', '.join(sorted(_ENTRY_KEYS))})"
+            )
+            continue
         kind = spec.get("type")
         if kind not in KINDS:
             problems.append(f"{where}: type={kind!r} must be one of {KINDS}")
@@ -371,6 +477,9 @@ def _parse_space(space: Any, base: Mapping[str, Any], problems: list[str]) -> li
             continue
         if low >= high:
             problems.append(f"{where}: low={low} must be below high={high}")
+            continue
+        if not isinstance(log, bool):
+            problems.append(f"{where}: log={log!r} must be true or false")
             continue
         if log and low <= 0:
             problems.append(f"{where}: a log scale needs low > 0, got low={low}")

@@ -21,18 +21,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.config import REPO_ROOT, option_file, user_conf_dir
-from sweeps.config import Sweep, override
+from pipeline.config import option_file
+from sweeps.config import Sweep, export_file, override
 from sweeps.driver import Summary
 
 
 def export_path(sweep: Sweep) -> Path:
-    """Where ``export_best`` writes: the sweep's ``export`` (relative: to the repository), or by
-    default ``<user_conf_dir>/model/<model>_tuned.yaml``."""
-    if not sweep.export:
-        return user_conf_dir() / "model" / f"{sweep.model}_tuned.yaml"
-    path = Path(sweep.export.format(model=sweep.model))
-    return path if path.is_absolute() else REPO_ROOT / path
+    """Where ``export_best`` writes (``sweeps.config.export_file``)."""
+    return export_file(sweep.export, sweep.model)
 
 
 def export_best(sweep: Sweep, summary: Summary) -> tuple[Path, list[str]]:
