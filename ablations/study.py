@@ -53,6 +53,8 @@ from pipeline.config import (
     option_file,
     spec_from_config,
 )
+from pipeline.dispatch import LauncherConfig, check_launcher
+from pipeline.schema import STUDY_NAME
 from psalm.options import METRIC_NAMES, VIDEO_METRIC_NAMES, check_metric
 
 STUDY_DIR = CONF_DIR / "ablation"
@@ -301,12 +303,15 @@ def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
     spec_for = SeedComposer()  # one Hydra composition per cell, not per cell and seed
     probe = make_spec([f"model={study.models[0]}", *base_overrides])  # what every cell shares
     check_output_dir(probe)
+    check_launcher(LauncherConfig.from_mapping(probe.config["launcher"]))
     data = probe.config["data"]["name"]
     if study.metric in [f"test/{n}" for n in VIDEO_METRIC_NAMES] and data != "video":
         raise ConfigError(
             f"metric={study.metric} is logged on video data only (data=video); this study runs "
             f"on data={data}: judge it on one of {', '.join(f'test/{n}' for n in METRIC_NAMES)}"
         )
+
+    eval_modes = [mode for _, mode in study.eval_variants.values()]
 
     def training_cell(head: list[str], arm: Sequence[str], labels: list[str]) -> RunSpec:
         """The cell's spec (the arm's overrides win over the run overrides), checked (its data
@@ -316,7 +321,7 @@ def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
         if first_stage is None:
             spec = spec_for([*head, *base_overrides, *arm, *labels])
             if baseline:
-                check_data(spec)
+                check_data(spec, eval_modes)
             check_init_from(spec)  # an arm's model must fit the init_from weights too
             return spec
         stage = spec_for([*head, *first_stage, *arm, *labels])
@@ -329,7 +334,7 @@ def expand(study: Study, run_overrides: Sequence[str] = ()) -> Plan:
             )
         if baseline:  # no init_from check: the first stage's weights exist once it has run
             check_data(stage)
-            check_data(spec)
+            check_data(spec, eval_modes)
         pretrain.append(stage)
         return spec
 
@@ -430,6 +435,12 @@ class SeedComposer:
 
 
 def study_folder(study: str, output_dir: str | Path = "runs") -> Path:
-    """Where a study's dispatch files and job logs live: ``<output_dir>/studies/<study>``."""
+    """Where a study's dispatch files and job logs live: ``<output_dir>/studies/<study>``. A
+    name that is not one folder's (``../..``, empty) is a ``ConfigError``."""
+    if not STUDY_NAME.test(study) or not str(study).strip():
+        raise ConfigError(
+            f"{study!r} is not a study's name (one folder's name: no '/', not '.' or '..', not "
+            "empty); python -m ablations status lists the studies"
+        )
     root = Path(output_dir)
     return (root if root.is_absolute() else REPO_ROOT / root) / "studies" / study

@@ -70,6 +70,11 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "psalm-evaluate
         from pipeline.run import evaluate_run
         from psalm.options import EVAL_MODES
 
+        if len(set(modes)) > 1:  # one evaluation a command: a second mode= is a mistake
+            raise ConfigError(
+                f"mode= given {len(modes)} times ({', '.join(modes)}); evaluate one mode a "
+                "command, or train with eval.modes=[…] to log several"
+            )
         if mode not in EVAL_MODES:
             raise ConfigError(f"mode={mode!r} is not one of {', '.join(EVAL_MODES)}")
         _print_metrics(evaluate_run(rest, mode))

@@ -12,7 +12,8 @@ videos. Here that is, for example, a run on the glyph benchmark and then
   above. A staged study (``ablations``' ``pretrain=``) names its first stage this way, since the
   hash is known before that run exists;
 - a checkpoint file this project wrote (``runs/<config hash>/checkpoint.pt``), or the run folder
-  that holds one.
+  that holds one; in a run folder, only once that run has finished (its ``config.json`` is
+  there), and a checkpoint file elsewhere as it is.
 
 Only the model's weights are taken; the optimiser, the learning-rate schedule and the step count
 start afresh, as in a fine-tuning stage. A run that is resumed after an interruption continues
@@ -59,7 +60,22 @@ def checkpoint_path(value: str, config: dict[str, Any], tracking_uri: str) -> Pa
             f"init_from={value}: no checkpoint there (give a checkpoint.pt, the run folder that "
             "holds one, an MLflow run id or a run's config hash)"
         )
+    _require_complete(path, value)
     return path.resolve()
+
+
+def _require_complete(path: Path, value: str) -> None:
+    """A checkpoint in a run's own folder (``<output_dir>/<config hash>/``) is final once the
+    run has written its ``config.json`` beside it, which it does after its last step and its
+    test (``pipeline.run``); before that it holds the weights of a run stopped part-way (killed,
+    failed or pruned). A checkpoint anywhere else is taken as given."""
+    folder = path.parent
+    if _CONFIG_HASH.fullmatch(folder.name) and not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"init_from={value}: the run in {folder} has not finished (no config.json beside "
+            "its checkpoint: it stopped part-way, or is still training); its weights are not "
+            "final"
+        )
 
 
 def _from_config_hash(value: str, config: dict[str, Any], tracking_uri: str) -> Path:
@@ -121,6 +137,8 @@ def model_weights(path: Path, value: str) -> dict[str, Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torn, not a torch file, or not weights-only
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if first.startswith("Weights only load failed"):  # torch's advice would run its code
+            first = "it holds Python objects besides tensors, which are not loaded, for safety"
         problem = f"{path} is not a readable checkpoint ({first})"
         raise ConfigError(f"init_from={value}: {problem}") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):

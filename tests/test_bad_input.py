@@ -84,6 +84,17 @@ def _other_sweep_storage(root: Path) -> Path:
     return path
 
 
+def _written(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _sweep_file(root: Path, change: Callable[[str], str]) -> str:
+    """conf/sweep/psalm.yaml, changed by ``change``, as a file in ``root``."""
+    text = (REPO_ROOT / "conf" / "sweep" / "psalm.yaml").read_text()
+    return str(_written(root / "changed.yaml", change(text)))
+
+
 # (id, entry point, argv builder given a scratch folder, extra environment, expected text)
 CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]] = [
     ("bad flag value", ablations_cli, lambda t: ["run", "pyramid", "--no-wait=3"], {}, "no-wait"),
@@ -357,6 +368,130 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {},
         "sqlite:///",
     ),
+    # these trained a run to its first step (or a study to dispatch) before failing, exit 1
+    ("a canvas under the glyphs", train_cli, lambda t: [*SMOKE, "data.image_size=32"], {}, "64"),
+    (
+        "five episodes on a canvas",
+        train_cli,
+        lambda t: [*SMOKE, "data.episodes_per_canvas=5"],
+        {},
+        "data.episodes_per_canvas=5",
+    ),
+    (
+        "launcher slots not a number",
+        ablations_cli,
+        lambda t: ["run", "pyramid", *SMOKE, "launcher.slots=abc"],
+        {},
+        "launcher.slots",
+    ),
+    (
+        "launcher setup as one string",
+        ablations_cli,
+        lambda t: ["run", "pyramid", *SMOKE, "launcher=slurm", "launcher.setup=module load x"],
+        {},
+        "launcher.setup",
+    ),
+    (
+        "a time limit under the checkpoint signal's lead",
+        ablations_cli,
+        lambda t: ["run", "pyramid", *SMOKE, "launcher.time_min=0.05"],
+        {},
+        "launcher.signal_delay_s=90",
+    ),
+    (
+        "GPUs named on a machine without one",
+        ablations_cli,
+        lambda t: ["run", "pyramid", *SMOKE, "launcher.gpus=[7]"],
+        {"CUDA_VISIBLE_DEVICES": ""},
+        "shows no GPU",
+    ),
+    (
+        "a sweep on SLURM without SLURM",
+        sweeps_cli,
+        lambda t: ["run", "psalm", *SMOKE, "launcher=slurm", f"storage=sqlite:///{t}/o.db"],
+        {"PATH": "/nonexistent"},
+        "sbatch",
+    ),
+    (
+        "shuffled supports with one novel class",
+        train_cli,
+        lambda t: [*_coco(t), *SMOKE[:1], "eval.modes=[normal,shuffled]"],
+        {},
+        "one novel class (dog)",
+    ),
+    (
+        "a support study with one novel class",
+        ablations_cli,
+        lambda t: ["run", "support", *_coco(t), *SMOKE[:1], "models=[psalm]", "seeds=[0]"],
+        {},
+        "one novel class (dog)",
+    ),
+    (
+        "two evaluation modes",
+        evaluate_cli,
+        lambda t: [*SMOKE, "mode=normal", "mode=shuffled"],
+        {},
+        "mode= given 2 times",
+    ),
+    ("status of a path", ablations_cli, lambda t: ["status", "../.."], {}, "not a study's name"),
+    ("report of no study", analysis_cli, lambda t: ["report", "", "--no-mlflow"], {}, "no study"),
+    (
+        "an empty video path",
+        train_cli,
+        lambda t: [*SMOKE, "data=video", "data.train_root="],
+        {},
+        "data.train_root must name",
+    ),
+    # sweep files and settings: ignored, split into characters, or a TypeError after planning
+    (
+        "a sweep file that is a list",
+        sweeps_cli,
+        lambda t: ["run", str(_written(t / "list.yaml", "- a\n- b\n"))],
+        {},
+        "not a list",
+    ),
+    (
+        "a sweep file's overrides as one string",
+        sweeps_cli,
+        lambda t: ["run", _sweep_file(t, lambda y: y.replace("[model=psalm]", "model=psalm"))],
+        {},
+        "must be a list of run overrides",
+    ),
+    (
+        "a misspelt field in a space entry",
+        sweeps_cli,
+        lambda t: ["run", _sweep_file(t, lambda y: y.replace("log: true}", "lgo: true}", 1))],
+        {},
+        "unknown field(s) ['lgo']",
+    ),
+    (
+        "an unknown sampler setting",
+        sweeps_cli,
+        lambda t: ["run", "psalm", "sampler.bogus=3"],
+        {},
+        "sampler.bogus is not a setting",
+    ),
+    (
+        "a threshold pruner without bounds",
+        sweeps_cli,
+        lambda t: ["run", "psalm", "pruner.name=threshold"],
+        {},
+        "pruner.lower or pruner.upper",
+    ),
+    (
+        "expectations that are not YAML",
+        analysis_cli,
+        lambda t: ["verdicts", "x", "--expectations", str(_written(t / "e.yaml", "a: [\n"))],
+        {},
+        "e.yaml: not valid YAML",
+    ),
+    (
+        "a missing benchmark file",
+        analysis_cli,
+        lambda t: ["report", "x", "--no-mlflow", "--benchmark", str(t / "nope.json")],
+        {},
+        "nope.json",
+    ),
     # it failed only after minutes of timing
     ("profile into /proc", profile_cli, lambda t: ["--out", "/proc/nosuch/p"], {}, "--out"),
     # --models took the overrides after it for model names
@@ -515,14 +650,26 @@ def test_debug_after_the_subcommand_brings_the_exception_back(
     assert not isinstance(raised.value, SystemExit)
 
 
-def test_a_study_that_cannot_reach_its_store_leaves_no_study_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("env", "overrides"),
+    [
+        pytest.param({"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, [], id="store unreachable"),
+        pytest.param({"PATH": "/nonexistent"}, ["launcher=slurm"], id="no SLURM"),
+    ],
+)
+def test_a_study_that_cannot_reach_its_store_or_cluster_leaves_no_study_behind(
+    env: dict[str, str],
+    overrides: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """It used to write the study's folder first, which ``ablations status`` then reported as
-    a study whose every cell was already FINISHED."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    a study whose every cell was already FINISHED; without SLURM it failed only at dispatch."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     runs = tmp_path / "runs"
-    assert ablations_cli.main(["run", "pyramid", *SMOKE, f"output_dir={runs}"]) == 2
+    assert ablations_cli.main(["run", "pyramid", *SMOKE, *overrides, f"output_dir={runs}"]) == 2
     assert not (runs / "studies").exists()
     assert ablations_cli.main(["status", "--output-dir", str(runs)]) == 0
     assert "no dispatched studies" in capsys.readouterr().out

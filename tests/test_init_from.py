@@ -60,15 +60,29 @@ def test_fitting_weights_pass_by_file_and_by_run_folder(tmp_path: Path, tmp_mlfl
         ("{t}/nope/checkpoint.pt", "no checkpoint there"),
         ("{t}/torn.pt", "is not a readable checkpoint"),
         ("{t}/other_model.pt", "do not fit model=psalm"),
+        ("{t}/objects.pt", "holds Python objects besides tensors"),
         ("0123456789abcdef0123456789abcdef", "no such run"),
+        ("{t}/runs/0123456789abcdef", "has not finished"),
+        ("{t}/runs/0123456789abcdef/checkpoint.pt", "has not finished"),
     ],
-    ids=["missing", "torn", "another model", "unknown run id"],
+    ids=[
+        "missing",
+        "torn",
+        "another model",
+        "objects",
+        "unknown run id",
+        "part-way folder",
+        "part-way file",
+    ],
 )
 def test_a_bad_source_is_refused_before_dispatch_naming_it(
     value: str, expected: str, tmp_path: Path, tmp_mlflow_uri: str
 ) -> None:
     (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04 not a whole file")
+    torch.save({"model": {}, "where": Path("x")}, tmp_path / "objects.pt")  # a pickled object
     _weights_file(tmp_path / "other_model.pt", model="cheaf")
+    # a run's folder whose run stopped part-way: a checkpoint, but no config.json beside it
+    _weights_file(tmp_path / "runs" / "0123456789abcdef" / CHECKPOINT_NAME)
     value = value.format(t=tmp_path)
     spec = make_spec([*SMOKE, f"init_from={value}", f"output_dir={tmp_path / 'runs'}"])
     with pytest.raises(ConfigError) as err:
