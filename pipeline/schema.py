@@ -196,7 +196,7 @@ class DataConfig(Group):
 
 # what pipeline/run.py's SyntheticGlyphs (psalm/data/_synthetic.py) draws with its defaults:
 # glyphs up to 64 px, and at least 3 classes a canvas, so at most 3 + 1 episodes a canvas
-# (tests/test_schema.py checks these against the class's defaults)
+# (tests/test_config_schema.py checks these against the class's defaults)
 GLYPH_MAX = 64
 MAX_EPISODES_PER_CANVAS = 4
 

@@ -64,8 +64,6 @@ SWEEP_KEYS = (
     "baseline",
     "seeds",
 )
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "hyperband", "threshold", "none")
 
 
 def _count(least: int) -> tuple[str, Callable[[Any], bool]]:
@@ -88,6 +86,8 @@ PRUNER_SETTINGS: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
     "threshold": {"lower": _BOUND, "upper": _BOUND},  # trials outside [lower, upper] stop
     "none": {},
 }
+SAMPLERS = tuple(SAMPLER_SETTINGS)
+PRUNERS = tuple(PRUNER_SETTINGS)
 KINDS = ("float", "int", "categorical")
 # Keys that say where or how a run executes or how it is labelled: searching them changes nothing.
 UNSEARCHABLE = ("label", "launcher", "tracking", "output_dir", "hydra")
@@ -270,9 +270,7 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
                 problems.append(
                     f"space.{p.key}: the grid sampler needs choices or a step for a range"
                 )
-    if pruner["name"] not in PRUNERS:
-        pass  # said above
-    elif report_every and pruner["name"] in ("hyperband", "median"):
+    if report_every and pruner["name"] in ("hyperband", "median"):
         # No trial is judged before every trial's warm-up has ended: the first report after the
         # longest warm-up the space allows (at most the last step). At 150 steps Hyperband used to
         # prune the long warm-ups just as they reached their peak lr (docs/results.md).
@@ -280,7 +278,7 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> Sweep:
         pruner.setdefault(
             "min_resource" if pruner["name"] == "hyperband" else "warmup_steps", first
         )
-    elif pruner["name"] != "none" and report_every == 0:
+    elif pruner["name"] in ("hyperband", "median", "threshold") and report_every == 0:
         problems.append(
             f"pruner.name={pruner['name']}: pruning needs intermediate values; set report_every "
             "to a number of steps (or pruner.name=none)"

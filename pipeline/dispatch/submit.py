@@ -111,7 +111,7 @@ def check_launcher(launcher: LauncherConfig) -> None:
     if launcher.kind == "local" and launcher.gpus and not local.visible_gpus():
         raise ConfigError(
             f"launcher.gpus=[{', '.join(launcher.gpus)}]: this machine shows no GPU "
-            "(nvidia-smi lists none, CUDA_VISIBLE_DEVICES is unset); leave launcher.gpus unset "
+            "(nvidia-smi lists none, CUDA_VISIBLE_DEVICES names none); leave launcher.gpus unset "
             "(null) to detect them, or set launcher.gpus=[] for CPU slots"
         )
 
