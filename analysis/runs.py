@@ -172,7 +172,10 @@ def _client(tracking_uri: str | None):
     from mlflow.tracking import MlflowClient  # slow import: only when a store is read
 
     uri = resolve_tracking_uri(tracking_uri)
-    check_store(uri)
+    try:
+        check_store(uri)
+    except ConnectionError as exc:  # nothing answers where the user pointed: theirs to fix
+        raise LookupError(str(exc)) from exc
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.is_file():

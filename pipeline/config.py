@@ -94,6 +94,13 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
     Unknown keys are refused, ``+key=…`` additions included (Hydra accepts those; nothing
     would read them), naming the nearest known key."""
+    for override in overrides:  # Hydra merges a list of options: a hybrid under one name
+        key, _, value = override.lstrip("+~").partition("=")
+        if (CONF_DIR / key).is_dir() and value.strip().startswith("["):
+            raise ConfigError(
+                f"{key}= takes one option, got {value} (in {override}); choose one of "
+                f"{', '.join(group_options(key))}"
+            )
     additions = [o for o in overrides if o.startswith("+") and not _is_group_addition(o)]
     cfg = _compose([o for o in overrides if o not in additions])
     if additions:

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,13 +71,15 @@ def _with_busy_timeout(store_uri: str) -> str:
     return f"{store_uri}{separator}timeout={SQLITE_BUSY_TIMEOUT_S}"
 
 
-def _absolute_sqlite_uri(store_uri: str) -> str:
-    """`sqlite:///relative.db` resolved against the working directory, so the server (started
-    with another working directory or not) opens the same file."""
+def absolute_sqlite_uri(store_uri: str) -> str:
+    """`sqlite:///relative.db` resolved against the working directory, where MLflow would open
+    it, so that the server (started with another working directory or not), every job of a
+    study and the artifact folder beside the store all name the same file; any other URI (an
+    absolute path, an in-memory store, a server) as it is."""
     prefix = "sqlite:///"
-    if not store_uri.startswith(prefix) or store_uri.startswith(prefix + "/"):
+    path, _, query = store_uri.removeprefix(prefix).partition("?")
+    if not store_uri.startswith(prefix) or path.startswith("/") or path in ("", ":memory:"):
         return store_uri
-    path, _, query = store_uri[len(prefix) :].partition("?")
     absolute = prefix + str(Path(path).resolve())
     return f"{absolute}?{query}" if query else absolute
 
@@ -91,13 +94,46 @@ def _healthy(uri: str) -> bool:
 
 def check_store(uri: str) -> None:
     """A ValueError for a store URI that is surely a mistake: a bare ``….db`` path, which MLflow
-    would take for a folder of its file store; a ConnectionError from ``check_server``."""
+    would take for a folder of its file store, or an in-memory SQLite store, whose runs vanish
+    with the process; a ConnectionError from ``check_server`` or ``check_database``."""
     if "://" not in uri and uri.endswith(".db"):
         raise ValueError(
             f"tracking URI {uri!r} is a file path: a SQLite store is "
             f"sqlite:///{Path(uri).absolute()}"
         )
+    if uri in ("sqlite://", "sqlite:///", "sqlite:///:memory:"):
+        raise ValueError(
+            f"tracking URI {uri!r} is an in-memory store: every run would be lost when the "
+            "process ends; name a file, e.g. sqlite:///mlflow.db"
+        )
     check_server(uri)
+    check_database(uri)
+
+
+# default ports of the database servers MLflow's SQLAlchemy store speaks to
+_DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_database(uri: str, timeout_s: float = 5.0) -> None:
+    """For a database server's URI (``postgresql://user@host:port/db``, ``mysql+pymysql://…``): a
+    ConnectionError at once if nothing listens at its host and port, where MLflow retries for
+    about 2 minutes. Whether it then lets us in is for MLflow to say."""
+    parts = urllib.parse.urlsplit(uri)
+    port = _DATABASE_PORTS.get(parts.scheme.split("+")[0])
+    if port is None or not parts.hostname:  # not a database server, or a local socket
+        return
+    try:
+        address = (parts.hostname, parts.port or port)
+    except ValueError as exc:  # a port that is not a number
+        raise ConnectionError(f"tracking URI {uri!r}: {exc}") from exc
+    try:
+        socket.create_connection(address, timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(
+            f"no database server answers at {address[0]}:{address[1]} for the tracking URI "
+            f"{parts.scheme}://…{parts.path} ({exc.strerror or exc}); start it, or point "
+            "MLFLOW_TRACKING_URI (tracking.uri=, --tracking-uri) at a store that exists"
+        ) from exc
 
 
 def check_server(uri: str, timeout_s: float = 10.0) -> None:
@@ -152,7 +188,7 @@ def tracking_server(
 ) -> Iterator[TrackingServer]:
     """Start `mlflow server` on a free loopback port, wait until GET /health answers, yield it,
     and stop it on exit. A new SQLite file gets its tables first (``create_sqlite_store``)."""
-    store_uri = _with_busy_timeout(_absolute_sqlite_uri(backend_store_uri))
+    store_uri = _with_busy_timeout(absolute_sqlite_uri(backend_store_uri))
     artifacts = str(Path(artifact_root or "mlruns").resolve())
     from pipeline.tracking import create_sqlite_store
 

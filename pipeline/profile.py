@@ -379,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     args.models = [m for m in args.models if "=" not in m]
     if not args.models:
         parser.error("--models needs at least one model config, e.g. --models psalm")
+    chosen = [o for o in args.overrides if o.lstrip("+").startswith("model=")]
+    if chosen:  # it would replace every --models entry, each still labelled as asked
+        parser.error(f"{chosen[0]}: name the models with --models, not model=")
     problem = output_file_problem("--out", args.out, "profile")  # not after minutes of timing
     if problem:
         parser.error(problem)

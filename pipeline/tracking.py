@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import REPO_ROOT, ConfigError, RunSpec, flatten
 from pipeline.lease import LOCK_FILE
 from pipeline.lease import holder as lease_holder
-from pipeline.mlflow_server import FRONTED_STORE, check_store
+from pipeline.mlflow_server import FRONTED_STORE, absolute_sqlite_uri, check_store
 from pipeline.study_tags import STUDIES_TAG, search_study, studies_of
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -48,9 +48,9 @@ def tracking_uri(configured: str | None = None) -> str:
     environment), else ``$MLFLOW_TRACKING_URI``, else the repo's SQLite file. A store that a
     loopback server fronts (``pipeline.mlflow_server.shared_tracking``) is reached through it."""
     environment = os.environ.get("MLFLOW_TRACKING_URI")
-    if configured and configured != os.environ.get(FRONTED_STORE):
-        return configured
-    return environment or configured or DEFAULT_URI
+    if configured and absolute_sqlite_uri(configured) != os.environ.get(FRONTED_STORE):
+        return absolute_sqlite_uri(configured)
+    return absolute_sqlite_uri(environment or configured or DEFAULT_URI)
 
 
 def create_sqlite_store(uri: str, artifact_root: str | Path | None = None) -> None:
@@ -178,8 +178,7 @@ class Tracker:
         location = None
         if self.uri.startswith("sqlite:///"):
             # keep artifacts beside the store, not in whatever folder the process started in
-            db = Path(self.uri.removeprefix("sqlite:///"))
-            db = db if db.is_absolute() else REPO_ROOT / db
+            db = Path(absolute_sqlite_uri(self.uri).removeprefix("sqlite:///").partition("?")[0])
             location = (db.parent / "mlartifacts" / name).as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)

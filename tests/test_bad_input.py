@@ -442,6 +442,23 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {},
         "data.train_root must name",
     ),
+    # a hybrid recorded under one profile's name; a profile of CHEAF labelled psalm
+    ("two profiles", train_cli, lambda t: [*SMOKE, "profile=[default,smoke]"], {}, "one option"),
+    ("profile with model=", profile_cli, lambda t: ["model=cheaf"], {}, "--models"),
+    (
+        "an in-memory store",
+        train_cli,
+        lambda t: [*SMOKE, f"output_dir={t}"],
+        {"MLFLOW_TRACKING_URI": "sqlite://"},
+        "in-memory",
+    ),
+    (
+        "a database server that is not there",
+        analysis_cli,
+        lambda t: ["studies"],
+        {"MLFLOW_TRACKING_URI": "postgresql://u@127.0.0.1:1/db"},
+        "no database server answers",
+    ),
     # sweep files and settings: ignored, split into characters, or a TypeError after planning
     (
         "a sweep file that is a list",
@@ -636,7 +653,7 @@ def test_a_cuda_run_on_a_machine_without_cuda_records_nothing(
         pytest.param(analysis_cli, ["verdicts", "nosuch", "--debug"], id="analysis"),
         pytest.param(ablations_cli, ["run", "pyramid", "--debug", "seeds=[0,"], id="ablations"),
         pytest.param(sweeps_cli, ["run", "nosuch", "--debug"], id="sweeps"),
-        pytest.param(profile_cli, ["--debug", "model=nosuch"], id="profile"),
+        pytest.param(profile_cli, ["--debug", "seed=x"], id="profile"),
     ],
 )
 def test_debug_after_the_subcommand_brings_the_exception_back(

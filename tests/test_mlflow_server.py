@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.mlflow_server import _absolute_sqlite_uri, _with_busy_timeout, tracking_server
+from pipeline.mlflow_server import _with_busy_timeout, absolute_sqlite_uri, tracking_server
 
 WRITERS = 8
 STEPS = 50
@@ -17,10 +17,9 @@ PARAMS = 5
 
 def test_sqlite_uri_is_made_absolute_and_patient(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert (
-        _absolute_sqlite_uri("sqlite:///runs/mlflow.db") == f"sqlite:///{tmp_path}/runs/mlflow.db"
-    )
-    assert _absolute_sqlite_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
+    assert absolute_sqlite_uri("sqlite:///runs/mlflow.db") == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    assert absolute_sqlite_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
+    assert absolute_sqlite_uri("sqlite://") == "sqlite://"  # in-memory: check_store refuses it
     assert _with_busy_timeout("sqlite:////abs/m.db") == "sqlite:////abs/m.db?timeout=60"
     assert _with_busy_timeout("sqlite:////abs/m.db?timeout=5") == "sqlite:////abs/m.db?timeout=5"
     assert _with_busy_timeout("postgresql://db/mlflow") == "postgresql://db/mlflow"
@@ -181,6 +180,42 @@ def test_an_explicit_store_wins_over_the_environment_except_through_its_server(
     assert os.environ["MLFLOW_TRACKING_URI"] == tmp_mlflow_uri
     assert FRONTED_STORE not in os.environ
     assert tracking_uri(tmp_mlflow_uri) == tmp_mlflow_uri
+
+
+def test_a_relative_sqlite_store_keeps_its_artifacts_beside_it(tmp_path: Path, monkeypatch) -> None:
+    """MLflow opens ``sqlite:///rel.db`` in the working directory; the artifacts used to go to
+    the repository's ``mlartifacts/`` instead, whatever the working directory was."""
+    from pipeline.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker("sqlite:///rel.db", "psalm")
+    assert tracker.uri == f"sqlite:///{tmp_path}/rel.db" and (tmp_path / "rel.db").is_file()
+    location = tracker.client.get_experiment(tracker.experiment_id).artifact_location
+    assert location == (tmp_path / "mlartifacts" / "psalm").as_uri()
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("sqlite://", "in-memory store"),
+        ("sqlite:///:memory:", "in-memory store"),
+        ("/x/mlflow.db", "is a file path"),
+        ("postgresql://u@127.0.0.1:{port}/db", "no database server answers at 127.0.0.1"),
+        ("mysql+pymysql://u@127.0.0.1:{port}/db", "no database server answers at 127.0.0.1"),
+    ],
+)
+def test_a_store_that_cannot_hold_runs_is_refused_at_once(uri: str, problem: str) -> None:
+    """MLflow took an in-memory store and lost every run; it retried a dead database for about
+    two minutes."""
+    import time
+
+    from pipeline.mlflow_server import check_store, free_port
+
+    t0 = time.perf_counter()
+    with pytest.raises((ConnectionError, ValueError), match=problem):
+        check_store(uri.format(port=free_port()))
+    assert time.perf_counter() - t0 < 30  # a refused connection, not a timeout
 
 
 def test_an_unreachable_server_is_told_at_once() -> None:
