@@ -136,17 +136,19 @@ ablations: $(STAMP) ## All ablation studies, sharing baseline runs; PROFILE, LAU
 	$(PY) -m ablations run all profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
 
 ablation-status: $(STAMP) ## Progress of submitted studies (STUDY= for one)
-	$(PY) -m ablations status $(STUDY) $(ARGS)
+	$(PY) -m ablations status $(if $(STUDY),$(call quote,$(STUDY))) $(ARGS)
 
 ablation-cancel: $(STAMP) ## Stop a study's unfinished jobs, local or SLURM (STUDY=, required)
-	@test -n "$(STUDY)" || { echo "make ablation-cancel needs STUDY=<ablation>-<profile>, e.g. STUDY=pyramid-default (make ablation-status lists them)" >&2; exit 2; }
-	$(PY) -m ablations cancel $(STUDY) $(ARGS)
+	@test -n $(call quote,$(STUDY)) || { echo "make ablation-cancel needs STUDY=<ablation>-<profile>, e.g. STUDY=pyramid-default (make ablation-status lists them)" >&2; exit 2; }
+	$(PY) -m ablations cancel $(call quote,$(STUDY)) $(ARGS)
 
 sweep: $(STAMP) ## Optuna sweep of lr, weight decay, warm-up (MODEL=psalm|cheaf); PROFILE, LAUNCHER
-	$(PY) -m sweeps run $(MODEL) profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
+	@test -n $(call quote,$(MODEL)) || { echo "make sweep needs MODEL=psalm|cheaf (a sweep of conf/sweep/)" >&2; exit 2; }
+	$(PY) -m sweeps run $(call quote,$(MODEL)) profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
 
 sweep-status: $(STAMP) ## Trials of a sweep so far and the best (MODEL, PROFILE)
-	$(PY) -m sweeps status $(MODEL) profile=$(PROFILE) $(ARGS)
+	@test -n $(call quote,$(MODEL)) || { echo "make sweep-status needs MODEL=psalm|cheaf" >&2; exit 2; }
+	$(PY) -m sweeps status $(call quote,$(MODEL)) profile=$(PROFILE) $(ARGS)
 
 optuna-dashboard: $(STAMP) ## optuna-dashboard on 127.0.0.1:OPTUNA_PORT over OPTUNA_STORAGE
 	$(VENV)/bin/optuna-dashboard "$(OPTUNA_STORAGE)" --host 127.0.0.1 --port $(OPTUNA_PORT)

@@ -89,12 +89,13 @@ def _verdicts(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from analysis.claims import DEFAULT_BENCHMARK
-    from analysis.dashboard import DEFAULT_REPORTS, write_dashboard
+    from analysis.dashboard import write_dashboard
 
     if args.benchmark is not None and not Path(args.benchmark).is_file():
         raise FileNotFoundError(
             f"no benchmark file at {args.benchmark} (--benchmark; make benchmark writes one)"
         )
+    out = _out_dir(args)  # before the study's parent run is written to
     analysis = _analyze(args, args.study)
     _warn_excluded(analysis, sys.stderr)
     if args.mlflow:
@@ -104,19 +105,16 @@ def _report(args: argparse.Namespace) -> int:
         print(
             f"MLflow: verdict table and plots in the study's parent run {run_id}", file=sys.stderr
         )
-    out = DEFAULT_REPORTS if args.out is None else args.out
     benchmark = DEFAULT_BENCHMARK if args.benchmark is None else args.benchmark
     print(write_dashboard(analysis, out, args.ui_url, benchmark))
     return 0
 
 
 def _notebook(args: argparse.Namespace) -> int:
-    from analysis.dashboard import DEFAULT_REPORTS
     from analysis.notebook import run_notebook
-    from analysis.runs import load_runs
 
-    load_runs(args.study, args.tracking_uri)  # an unknown study: one line, before any kernel starts
-    out = DEFAULT_REPORTS if args.out is None else args.out
+    out = _out_dir(args)
+    _analyze(args, args.study)  # an unknown study or metric: one line, before a kernel starts
     notebook, page = run_notebook(args.study, out, args.tracking_uri, args.metric)
     print(notebook)
     print(page)
@@ -130,8 +128,8 @@ def _compare(args: argparse.Namespace) -> int:
         same_study_warning,
         write_comparison,
     )
-    from analysis.dashboard import DEFAULT_REPORTS
 
+    out = _out_dir(args)
     a, b = _analyze(args, args.study_a), _analyze(args, args.study_b)
     warning = same_study_warning(a, b)
     if warning:
@@ -142,9 +140,21 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         print(format_comparison(table))
     # JSON mode keeps stdout machine-readable: the page's path goes to stderr.
-    path = write_comparison(a, b, DEFAULT_REPORTS if args.out is None else args.out, args.alpha)
+    path = write_comparison(a, b, out, args.alpha)
     print(path, file=sys.stderr if args.format == "json" else sys.stdout)
     return 0
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    """``--out`` (default ``reports/``): a folder, or one that can be made there; checked before
+    any work, so that a file in the way does not fail the command after it wrote to MLflow."""
+    from analysis.dashboard import DEFAULT_REPORTS
+
+    out = Path(DEFAULT_REPORTS if args.out is None else args.out)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(f"the --out folder {out}: {existing} is a file, not a folder")
+    return out
 
 
 def _studies(args: argparse.Namespace) -> int:

@@ -32,14 +32,21 @@ def run_notebook(
     folder = Path(out_dir) / _html.safe_dirname(study)
     folder.mkdir(parents=True, exist_ok=True)
     notebook = folder / "ablation_report.ipynb"
-    papermill.execute_notebook(
-        str(NOTEBOOK),
-        str(notebook),
-        parameters={"study": study, "tracking_uri": tracking_uri, "metric": metric},
-        cwd=str(cwd) if cwd else None,
-        kernel_name="python3",
-        progress_bar=False,
-    )
+    # executed beside its place and moved there only once it ran through: a failed run does not
+    # replace the last good notebook (whose HTML copy would then no longer match it)
+    running = folder / "ablation_report.running.ipynb"
+    try:
+        papermill.execute_notebook(
+            str(NOTEBOOK),
+            str(running),
+            parameters={"study": study, "tracking_uri": tracking_uri, "metric": metric},
+            cwd=str(cwd) if cwd else None,
+            kernel_name="python3",
+            progress_bar=False,
+        )
+        running.replace(notebook)
+    finally:
+        running.unlink(missing_ok=True)
     page = folder / "ablation_report.html"
     page.write_text(notebook_html(nbformat.read(notebook, as_version=4), study), encoding="utf-8")
     return notebook, page

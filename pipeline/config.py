@@ -266,8 +266,17 @@ def check_spec(spec: RunSpec) -> None:
     the ``init_from`` weights); run before dispatching, so that a bad study fails before any job
     starts."""
     check_output_dir(spec)
+    check_cache_dir()
     check_data(spec)
     check_init_from(spec)
+
+
+def check_cache_dir() -> None:
+    """``$PSALM_CACHE_DIR`` (the rendered glyphs and decoded videos, ``psalm.data``), if set,
+    names a folder or nothing yet: a file there failed the run once it had started."""
+    folder = os.environ.get("PSALM_CACHE_DIR")
+    if folder and Path(folder).exists() and not Path(folder).is_dir():
+        raise ConfigError(f"PSALM_CACHE_DIR={folder} is a file; it must name a folder")
 
 
 def check_output_dir(spec: RunSpec) -> None:

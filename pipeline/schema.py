@@ -314,13 +314,14 @@ class EvalConfig(Group):
 
     split: str = key(SPLIT)
     modes: list[str] = key(
+        must("must be a list of modes, e.g. [normal, shuffled]", lambda v: isinstance(v, list)),
         Rule(
             lambda v: all(m in EVAL_MODES for m in v),
             lambda key, v: (
                 f"{key} has unknown mode(s) {[m for m in v if m not in EVAL_MODES]}; "
                 f"use {', '.join(EVAL_MODES)}"
             ),
-        )
+        ),
     )
     top_k: int = key(POSITIVE_INT)
     diag_episodes: int = key(
@@ -348,7 +349,9 @@ class TrackingConfig(Group):
     """``tracking``: the MLflow store and experiment; not part of a run's identity."""
 
     uri: str = key()
-    experiment: str = key()
+    experiment: str = key(
+        must("must name an MLflow experiment", lambda v: isinstance(v, str) and bool(v.strip()))
+    )
 
 
 LAUNCHER_KINDS = ("debug", "local", "slurm")

@@ -396,6 +396,9 @@ def _export_problems(export: str, model: str) -> list[str]:
         return [f"export={export!r}: only {{model}} is filled in ({type(exc).__name__}: {exc})"]
     if path.is_dir():
         return [f"export={export!r} is a folder; give a file such as {path / f'{model}.yaml'}"]
+    existing = next((p for p in path.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return [f"export={export!r}: {existing} is a file, not a folder"]
     return []
 
 

@@ -54,6 +54,25 @@ def test_study_names_are_quoted_for_the_shell(tmp_path):
     assert 'no runs tagged study="it\'s (odd)"' in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("target", "variable"),
+    [("ablation-status", "STUDY"), ("ablation-cancel", "STUDY"), ("sweep-status", "MODEL")],
+)
+def test_the_study_and_sweep_targets_quote_their_names_too(target, variable, tmp_path):
+    """They put the name into the shell as it was: ``STUDY="x; echo …"`` ran the second
+    command."""
+    marker = tmp_path / "ran"
+    result = _make(target, f"{variable}=x; touch {marker}", tmp_path=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert not marker.exists()
+    assert "x; touch" in result.stderr  # the name reached the command whole
+
+
+def test_a_sweep_without_a_model_says_so(tmp_path):
+    result = _make("sweep", "MODEL=", "PROFILE=smoke", tmp_path=tmp_path)
+    assert result.returncode == 2 and "needs MODEL=" in result.stderr
+
+
 @pytest.mark.slow
 def test_compare_warns_when_a_and_b_are_the_same_study(tmp_path):
     result = _make("compare", "A=planted", "B=planted", f"ARGS=--out {tmp_path}", tmp_path=tmp_path)

@@ -459,6 +459,29 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {"MLFLOW_TRACKING_URI": "postgresql://u@127.0.0.1:1/db"},
         "no database server answers",
     ),
+    (
+        "a cache folder that is a file",
+        train_cli,
+        lambda t: [*SMOKE],
+        {"PSALM_CACHE_DIR": "/proc/version"},
+        "PSALM_CACHE_DIR",
+    ),
+    ("a mode given as a word", train_cli, lambda t: [*SMOKE, "eval.modes=normal"], {}, "a list"),
+    # these failed after the work was done (report: after writing to the study's MLflow run)
+    (
+        "a report into a file",
+        analysis_cli,
+        lambda t: ["report", "x", "--out", str(_written(t / "f", ""))],
+        {},
+        "is a file, not a folder",
+    ),
+    (
+        "sweep export under a file",
+        sweeps_cli,
+        lambda t: ["run", "psalm", f"export={_written(t / 'f', '')}/x.yaml"],
+        {},
+        "is a file, not a folder",
+    ),
     # sweep files and settings: ignored, split into characters, or a TypeError after planning
     (
         "a sweep file that is a list",
