@@ -294,20 +294,70 @@ def test_missing_image_file(tmp_path: Path) -> None:
         make(tmp_path, test_ann=ann, test_images=folder)
 
 
-def test_image_size_disagrees_with_json(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: Image.new("RGB", (33, 44)).save(p), r"test1\.png is 33x44, the JSON says 80x60"),
+        (lambda p: p.write_bytes(b"not a png"), r"test1\.png is not a readable image"),
+        (lambda p: p.write_bytes(b""), r"test1\.png is not a readable image"),
+    ],
+    ids=["size", "not an image", "empty"],
+)
+def test_an_image_that_cannot_be_used_is_refused_up_front(
+    tmp_path: Path, damage, message: str
+) -> None:
+    """Each image's header is read when the files are checked: these used to surface when the
+    image was first decoded, in the middle of training or at test time."""
     ann, folder = write_coco(tmp_path, "test")
-    Image.new("RGB", (33, 44)).save(folder / "test1.png")
-    data = make(tmp_path, test_ann=ann, test_images=folder)
-    with pytest.raises(DataError, match=r"test1\.png: image is 33x44 but .* says 80x60"):
-        data.eval_split("test")
+    damage(folder / "test1.png")
+    listed = r"1 of 3 image files listed in test\.json cannot be used: "
+    with pytest.raises(DataError, match=listed + message):
+        make(tmp_path, test_ann=ann, test_images=folder)
 
 
-def test_unreadable_image(tmp_path: Path) -> None:
+def test_a_damaged_image_body_is_told_when_it_is_decoded(tmp_path: Path) -> None:
+    """A whole header over a truncated body passes the header check; decoding says which."""
     ann, folder = write_coco(tmp_path, "test")
-    (folder / "test1.png").write_bytes(b"not a png")
+    path = folder / "test1.png"
+    path.write_bytes(path.read_bytes()[:200])
     data = make(tmp_path, test_ann=ann, test_images=folder)
     with pytest.raises(DataError, match=r"test1\.png: cannot read image"):
         data.eval_split("test")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("area", -5, "area must be a positive number"), ("iscrowd", "no", "iscrowd must be 0 or 1")],
+)
+def test_an_annotation_field_coco_scoring_reads_is_checked(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    """A negative area dropped every box from COCO's size ranges (AP NaN); ``"no"`` read as
+    crowd."""
+    ann, folder = write_coco(tmp_path, "test")
+    data = json.loads(ann.read_text())
+    data["annotations"][0][field] = value
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=message):
+        make(tmp_path, test_ann=ann, test_images=folder)
+
+
+def test_a_test_file_with_no_novel_instance_to_score_is_refused(tmp_path: Path) -> None:
+    """With every novel instance a crowd (or none at all), the run finished with nAP NaN."""
+    ann, folder = write_coco(tmp_path, "test")
+    data = json.loads(ann.read_text())
+    for a in data["annotations"]:
+        a["iscrowd"] = int(a["category_id"] == 2)  # dog, the novel class
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"no novel class \(dog\) has a non-crowd instance"):
+        make(tmp_path, test_ann=ann, test_images=folder).validate(1)
+
+
+def test_a_novel_class_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "novel.txt"
+    path.write_bytes("dog\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"novel_classes: .*novel\.txt is not UTF-8"):
+        make(tmp_path, novel_classes=str(path))
 
 
 def test_categories_must_match_between_files(tmp_path: Path) -> None:

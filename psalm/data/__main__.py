@@ -57,8 +57,8 @@ def measure(data: SyntheticGlyphs, shots: tuple[int, ...] = (1, 5), batches: int
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="python -m psalm.data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed-split", type=non_negative_int, default=0)
-    parser.add_argument("--n-val", type=non_negative_int, default=None)
-    parser.add_argument("--n-test", type=non_negative_int, default=None)
+    parser.add_argument("--n-val", type=positive_int, default=None)
+    parser.add_argument("--n-test", type=positive_int, default=None)
     parser.add_argument("--batches", type=positive_int, default=10)
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)

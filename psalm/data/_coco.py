@@ -11,9 +11,10 @@ with zeros; boxes are scaled with them. Evaluation ground truth (``EvalSplit.coc
 this model frame; each image entry keeps ``orig_width``, ``orig_height`` and ``scale``
 (``[sx, sy]``) to map detections back.
 
-Problems that can be known before training (missing files, malformed JSON, bad boxes, unknown or
-absent novel classes, too few instances for K shots via :meth:`CocoFewShot.validate`) raise
-:class:`DataError` up front.
+Problems that can be known before training (missing files, malformed JSON, bad boxes, areas or
+crowd flags, images whose header does not open or disagrees with the JSON's size, unknown or
+absent novel classes, no novel instance to score in the test file and too few instances for K
+shots via :meth:`CocoFewShot.validate`) raise :class:`DataError` up front.
 """
 
 from __future__ import annotations
@@ -198,6 +199,18 @@ class CocoFewShot:
         ``shots`` usable support instances. Cheap; call it before dispatching jobs."""
         if shots < 1:
             raise ValueError(f"shots must be >= 1, got {shots}")
+        tested = {
+            a["category_id"]
+            for anns in self._test.annotations.values()
+            for a in anns
+            if not a["iscrowd"]
+        }
+        if not tested & set(self.novel_ids):
+            names = ", ".join(self.categories[c] for c in self.novel_ids)
+            raise DataError(
+                f"{self._test.path}: no novel class ({names}) has a non-crowd instance there, so "
+                "there is nothing to score (nAP would be NaN); check data.novel_classes"
+            )
         queried = set(self.novel_ids)
         for coco in (self._test, self._val or self._train):
             ids = self._val_ids if coco is self._train else list(coco.images)

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from psalm.data._interface import DataError
 
 _BOX_SLACK = 1.0  # pixels a box may stick out of its image (COCO rounding)
@@ -131,6 +133,11 @@ def load_coco(ann: str | os.PathLike, images: str | os.PathLike, role: str) -> C
             problems.append(f"{name}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
         elif bbox[2] <= 0 or bbox[3] <= 0:
             problems.append(f"{name}: bbox {bbox} has zero or negative width or height")
+        elif "area" in a and not (_number(a["area"]) and a["area"] > 0):
+            # COCO's scoring sorts boxes into size ranges by area: <= 0 drops them all
+            problems.append(f"{name}: area must be a positive number, got {a['area']!r}")
+        elif a.get("iscrowd", 0) not in (0, 1):
+            problems.append(f"{name}: iscrowd must be 0 or 1, got {a['iscrowd']!r}")
         else:
             seen_ids.add(a.get("id"))
             img = image_by_id[a["image_id"]]
@@ -171,7 +178,43 @@ def load_coco(ann: str | os.PathLike, images: str | os.PathLike, role: str) -> C
             f"{folder}: {len(missing)} of {len(image_by_id)} image files listed in {path.name} are "
             f"missing, e.g. {', '.join(missing[:_MAX_LISTED])}"
         )
+    unreadable = _unreadable_images(folder, image_by_id)
+    if unreadable:
+        raise DataError(
+            f"{folder}: {len(unreadable)} of {len(image_by_id)} image files listed in "
+            f"{path.name} cannot be used: {'; '.join(unreadable[:_MAX_LISTED])}"
+        )
     return CocoFile(path, folder, image_by_id, by_image, categories)
+
+
+def _unreadable_images(folder: Path, images: dict[int, dict]) -> list[str]:
+    """The images whose header does not open as an image, or whose size is not the one the
+    JSON gives (its boxes would be misplaced). Reads each file's header only: a damaged image
+    body is found when the image is decoded. A result per folder and file set is kept, so that
+    the checks before a study (once per model and seed) read the headers once."""
+    key = (
+        str(folder.resolve()),
+        tuple(sorted((i["file_name"], i["width"], i["height"]) for i in images.values())),
+    )
+    if key not in _HEADER_CHECKS:
+        problems = []
+        for img in images.values():
+            try:
+                with Image.open(folder / img["file_name"]) as im:
+                    size = im.size
+            except (UnidentifiedImageError, OSError) as e:
+                problems.append(f"{img['file_name']} is not a readable image ({e})")
+                continue
+            if size != (img["width"], img["height"]):
+                problems.append(
+                    f"{img['file_name']} is {size[0]}x{size[1]}, the JSON says "
+                    f"{img['width']}x{img['height']}"
+                )
+        _HEADER_CHECKS[key] = problems
+    return _HEADER_CHECKS[key]
+
+
+_HEADER_CHECKS: dict[tuple, list[str]] = {}
 
 
 def read_class_list(value: object) -> list[str]:
@@ -183,7 +226,11 @@ def read_class_list(value: object) -> list[str]:
                 f"novel_classes: {str(value)!r} is neither a list of class names nor an existing "
                 "text file with one class name per line"
             )
-        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"novel_classes: {path} is not UTF-8 text ({e.reason})") from None
+        lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
         names = [line for line in lines if line]
         if not names:
             raise DataError(f"novel_classes: {path} lists no class names")
