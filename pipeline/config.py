@@ -121,7 +121,10 @@ def user_conf_dir() -> Path:
     finds ``<it>/model/psalm_tuned.yaml``. Options in ``conf/`` win over same-named ones here."""
     configured = os.environ.get(USER_CONF_ENV)
     path = Path(configured) if configured else REPO_ROOT / "runs" / "conf"
-    return path if path.is_absolute() else REPO_ROOT / path
+    path = path if path.is_absolute() else REPO_ROOT / path
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{USER_CONF_ENV}={configured} is a file; it must name a folder")
+    return path
 
 
 def group_options(group: str) -> list[str]:

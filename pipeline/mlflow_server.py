@@ -94,12 +94,23 @@ def _healthy(uri: str) -> bool:
 
 def check_store(uri: str) -> None:
     """A ValueError for a store URI that is surely a mistake: a bare ``….db`` path, which MLflow
-    would take for a folder of its file store, or an in-memory SQLite store, whose runs vanish
-    with the process; a ConnectionError from ``check_server`` or ``check_database``."""
+    would take for a folder of its file store; the file store itself (``file:…`` or a folder),
+    which MLflow refuses unless ``MLFLOW_ALLOW_FILE_STORE`` is set; an in-memory SQLite store,
+    whose runs vanish with the process. A ConnectionError from ``check_server`` or
+    ``check_database``."""
     if "://" not in uri and uri.endswith(".db"):
         raise ValueError(
             f"tracking URI {uri!r} is a file path: a SQLite store is "
             f"sqlite:///{Path(uri).absolute()}"
+        )
+    file_store = uri.startswith("file:") or ("://" not in uri and uri != "databricks")
+    allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1")
+    if file_store and not allowed:  # MLflow refuses it too, in a paragraph
+        folder = Path(uri.removeprefix("file://") if uri.startswith("file:") else uri)
+        raise ValueError(
+            f"tracking URI {uri!r} is MLflow's file store, which MLflow now refuses: use "
+            f"sqlite:///{folder.absolute() / 'mlflow.db'} (or set MLFLOW_ALLOW_FILE_STORE=true "
+            "to keep the file store)"
         )
     if uri in ("sqlite://", "sqlite:///", "sqlite:///:memory:"):
         raise ValueError(

@@ -466,7 +466,28 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {"PSALM_CACHE_DIR": "/proc/version"},
         "PSALM_CACHE_DIR",
     ),
+    (
+        "a user config that is a file",
+        train_cli,
+        lambda t: [*SMOKE],
+        {"PSALM_USER_CONF": "/proc/version"},
+        "PSALM_USER_CONF",
+    ),
     ("a mode given as a word", train_cli, lambda t: [*SMOKE, "eval.modes=normal"], {}, "a list"),
+    (
+        "a validation tail that takes every frame",
+        train_cli,
+        lambda t: [
+            *SMOKE[:1],
+            "data=video",
+            "data.synthetic.frames=2",
+            "data.synthetic.n_train=2",
+            "data.synthetic.n_test=1",
+            "data.val_fraction=0.99",
+        ],
+        {},
+        "val_fraction=0.99",
+    ),
     # these failed after the work was done (report: after writing to the study's MLflow run)
     (
         "a report into a file",

@@ -234,6 +234,15 @@ class VideoFewShot:
                         f"{video.path}: frame {frame}: box ({x1}, {y1}, {x2}, {y2}) lies outside "
                         f"the {w}x{h} frame"
                     )
+        # the training frames (stride grid, before the val tail): some, and a target on some
+        frames = [self._training_frames(video) for video in self.train_videos]
+        if self.train_videos and not any(with_target for with_target, _ in frames):
+            raise DataError(
+                f"no training frame shows a target: with frame_stride={self.frame_stride} and "
+                f"val_fraction={self.val_fraction}, the annotated frames of the "
+                f"{len(self.train_videos)} training video(s) all fall off the training grid; "
+                "lower frame_stride"
+            )
 
     def box_sides(self) -> list[float]:
         """Long sides on the canvas of every annotated target box (decodes each video once,
@@ -322,7 +331,10 @@ class VideoFewShot:
             with_target = [f for f in grid if f in video.boxes]
             background = [f for f in grid if f not in video.boxes]
             if not with_target and not background:
-                raise DataError(f"{video.path}: no training frame left after the val tail")
+                raise DataError(
+                    f"{video.path}: no training frame left: its {decoded.total_frames} frames "
+                    f"end in a validation tail of val_fraction={self.val_fraction}"
+                )
             self._train_frames[video.class_id] = (with_target, background)
         return self._train_frames[video.class_id]
 
