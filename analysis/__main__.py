@@ -145,6 +145,13 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _web_address(text: str) -> str:
+    """``--ui-url``: an http(s) address, which the dashboard's links start with."""
+    if not text.startswith(("http://", "https://")) or len(text.split("://", 1)[1]) == 0:
+        raise argparse.ArgumentTypeError(f"must be an http(s):// address, got {text!r}")
+    return text
+
+
 def _out_dir(args: argparse.Namespace) -> Path:
     """``--out`` (default ``reports/``): a folder, or one that can be made there; checked before
     any work, so that a file in the way does not fail the command after it wrote to MLflow."""
@@ -272,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("study")
     sub.add_argument(
         "--ui-url",
+        type=_web_address,
         help="MLflow UI the run links point to (default: $MLFLOW_UI_URL or http://127.0.0.1:5000)",
     )
     sub.add_argument("--benchmark", help="make benchmark's JSON (default: reports/benchmark.json)")

@@ -488,6 +488,13 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {},
         "val_fraction=0.99",
     ),
+    (
+        "a UI address that is not one",
+        analysis_cli,
+        lambda t: ["report", "x", "--ui-url", "x"],
+        {},
+        "--ui-url",
+    ),
     # these failed after the work was done (report: after writing to the study's MLflow run)
     (
         "a report into a file",
