@@ -103,7 +103,7 @@ def check_store(uri: str) -> None:
             f"tracking URI {uri!r} is a file path: a SQLite store is "
             f"sqlite:///{Path(uri).absolute()}"
         )
-    file_store = uri.startswith("file:") or ("://" not in uri and uri != "databricks")
+    file_store = uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks"))
     allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1")
     if file_store and not allowed:  # MLflow refuses it too, in a paragraph
         folder = Path(uri.removeprefix("file://") if uri.startswith("file:") else uri)
