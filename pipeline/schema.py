@@ -72,6 +72,10 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
 def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -252,7 +256,7 @@ VIDEO_PATHS = ("train_root", "train_ann", "test_root", "test_ann")
 
 VIDEO_PATH = must(
     "must name a folder or file, or be null for the embedded videos",
-    lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
+    lambda v: v is None or _text(v),
 )
 
 
@@ -349,9 +353,7 @@ class TrackingConfig(Group):
     """``tracking``: the MLflow store and experiment; not part of a run's identity."""
 
     uri: str = key()
-    experiment: str = key(
-        must("must name an MLflow experiment", lambda v: isinstance(v, str) and bool(v.strip()))
-    )
+    experiment: str = key(must("must name an MLflow experiment", _text))
 
 
 LAUNCHER_KINDS = ("debug", "local", "slurm")
@@ -366,14 +368,10 @@ def _list_of(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, list | tuple) and all(test(x) for x in v)
 
 
-def _text(v: Any) -> bool:
-    return isinstance(v, str) and bool(v.strip())
-
-
 # each LauncherConfig field's check; a value of the wrong type reads as the rule's words
 _LAUNCHER_RULES: dict[str, Rule] = {
     "kind": one_of(LAUNCHER_KINDS),
-    "slots": _or_null("must be a positive integer", lambda v: _int(v) and v >= 1),
+    "slots": AT_MOST,
     "threads_per_job": _or_null("must be an integer in [1, 1024]", THREADS.test),
     "gpus": must(
         "must be a list of GPU ids (e.g. [0, 1]), [] for CPU only, or null to detect them",
@@ -389,7 +387,7 @@ _LAUNCHER_RULES: dict[str, Rule] = {
     "gpus_per_job": NON_NEGATIVE_INT,
     "cpus_per_task": THREADS,
     "mem_gb": _or_null("must be a positive number of GB", POSITIVE.test),
-    "array_parallelism": _or_null("must be a positive integer", lambda v: _int(v) and v >= 1),
+    "array_parallelism": AT_MOST,
     "job_name": must("must be a non-empty name", _text),
     "setup": must(
         "must be a list of shell lines, not one string (e.g. launcher.setup='[module load cuda]')",
@@ -495,7 +493,7 @@ class _TopLevel(Group):
     init_from: str | None = optional_key(
         must(
             "must name a checkpoint.pt, a run folder or an MLflow run id",
-            lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
+            lambda v: v is None or _text(v),
         )
     )
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,14 @@ from pipeline.config import (
     user_conf_dir,
     yaml_problem,
 )
-from pipeline.schema import did_you_mean
+from pipeline.schema import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    SEED,
+    Rule,
+    did_you_mean,
+    must,
+)
 from psalm.evaluation import METRIC_NAMES
 
 SWEEP_DIR = CONF_DIR / "sweep"
@@ -66,23 +73,29 @@ SWEEP_KEYS = (
 )
 
 
-def _count(least: int) -> tuple[str, Callable[[Any], bool]]:
-    return f"an integer >= {least}", lambda v: _integer(v) and v >= least
-
-
-_SEED = ("null or an integer in [0, 2**32)", lambda v: v is None or (_integer(v) and v < 2**32))
-_BOUND = ("null or a number", lambda v: v is None or _real(v))
-# The settings each sampler and pruner takes (sweeps.study builds them), and what each must be.
+_SEED = must("must be null or an integer in [0, 2**32)", lambda v: v is None or SEED.test(v))
+_BOUND = must(
+    "must be null or a finite number",
+    lambda v: (
+        v is None or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v))
+    ),
+)
+# The settings each sampler and pruner takes (sweeps.study builds them), and the rule of each.
 # A setting of another sampler or pruner is left unused: a sweep file's pruner settings stay
 # put when the command line says pruner.name=none.
-SAMPLER_SETTINGS: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
-    "tpe": {"seed": _SEED, "startup_trials": _count(0)},
+SAMPLER_SETTINGS: dict[str, dict[str, Rule]] = {
+    "tpe": {"seed": _SEED, "startup_trials": NON_NEGATIVE_INT},
     "random": {"seed": _SEED},
     "grid": {"seed": _SEED},
 }
-PRUNER_SETTINGS: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
-    "median": {"startup_trials": _count(0), "warmup_steps": _count(0)},
-    "hyperband": {"min_resource": _count(1), "reduction_factor": _count(2)},
+PRUNER_SETTINGS: dict[str, dict[str, Rule]] = {
+    "median": {"startup_trials": NON_NEGATIVE_INT, "warmup_steps": NON_NEGATIVE_INT},
+    "hyperband": {
+        "min_resource": POSITIVE_INT,
+        "reduction_factor": must(
+            "must be an integer >= 2", lambda v: POSITIVE_INT.test(v) and v >= 2
+        ),
+    },
     "threshold": {"lower": _BOUND, "upper": _BOUND},  # trials outside [lower, upper] stop
     "none": {},
 }
@@ -341,7 +354,7 @@ def _mapping(cfg: Mapping[str, Any], key: str, problems: list[str]) -> Mapping[s
 
 
 def _settings_problems(
-    kind: str, chosen: Mapping[str, Any], table: Mapping[str, Mapping[str, tuple]]
+    kind: str, chosen: Mapping[str, Any], table: Mapping[str, Mapping[str, Rule]]
 ) -> list[str]:
     """What is wrong with the ``sampler`` or ``pruner`` settings: an unknown name, a setting no
     sampler (pruner) takes, a value the chosen one cannot use."""
@@ -355,9 +368,9 @@ def _settings_problems(
         hint = f"; did you mean {kind}.{close[0]}?" if close else ""
         takes = ", ".join(table[name]) or "no settings"
         problems.append(f"{kind}.{key} is not a setting{hint} ({kind} {name} takes {takes})")
-    for key, (text, test) in table[name].items():
-        if key in chosen and not test(chosen[key]):
-            problems.append(f"{kind}.{key} must be {text}, got {chosen[key]!r}")
+    for key, rule in table[name].items():
+        if key in chosen and not rule.test(chosen[key]):
+            problems.append(rule.message(f"{kind}.{key}", chosen[key]))
     if name == "threshold" and not problems:
         lower, upper = chosen.get("lower"), chosen.get("upper")
         if lower is None and upper is None:
@@ -368,14 +381,6 @@ def _settings_problems(
         elif lower is not None and upper is not None and lower >= upper:
             problems.append(f"pruner.lower={lower} must be below pruner.upper={upper}")
     return problems
-
-
-def _integer(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _real(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def export_file(export: str, model: str) -> Path:
