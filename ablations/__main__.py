@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 # `--help` and argument errors answer at once.
 
 CELLS_FILE = "cells.json"  # in the study folder: each cell's config when the study first ran it
+TRACKING_FILE = "tracking.json"  # in the study folder: the MLflow store and experiment of its runs
 
 log = logging.getLogger("ablations")
 
@@ -96,6 +97,10 @@ def _run(args: argparse.Namespace) -> int:
     uri = tracking_uri(first.config["tracking"]["uri"])
     tracker = Tracker(uri, first.config["tracking"]["experiment"])  # a bad store: nothing recorded
     _record_cells(plan, first.config["output_dir"])
+    _write_json(
+        study_folder(plan.study, first.config["output_dir"]) / TRACKING_FILE,
+        {"uri": uri, "experiment": first.config["tracking"]["experiment"]},
+    )
     if _settings(study):  # the study's parent run says what it is judged on, how it trained
         from analysis.study_run import open_study_run
 
@@ -235,10 +240,14 @@ def _record_cells(plan: Plan, output_dir: str) -> None:
     from ablations.study import study_folder
 
     path = study_folder(plan.study, output_dir) / CELLS_FILE
+    _write_json(path, {**(_read_json(path) or {}), **_cell_configs(plan)})
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Replace ``path`` atomically (a reader sees the old file or the new one), folders made."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    cells = {**(_read_json(path) or {}), **_cell_configs(plan)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(cells, indent=1, sort_keys=True, default=str))
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
     os.replace(tmp, path)
 
 
@@ -422,7 +431,7 @@ def _status(args: argparse.Namespace) -> int:
             # FINISHED cells are never dispatched; nor is anything when a run stopped before
             # dispatching (a bad tracking store): the MLflow line below tells which it was
             print(f"no jobs dispatched for its {cells} cell(s)")
-        print(_runs_summary(study, args.tracking_uri))
+        print(_runs_summary(study, args.tracking_uri or _recorded_tracking(folder).get("uri")))
     return 0
 
 
@@ -464,18 +473,28 @@ def _cancel(args: argparse.Namespace) -> int:
     folder = _dispatched(args.study, args.output_dir)
     if folder is None:
         return 2
-    stopped: list[str] = []
-    for batch in batch_folders(folder):
-        live = [s.label for s in status(batch) if s.state not in FINAL_STATES]
-        if live:
-            # a local queue's jobs end their own runs (KILLED) when stopped: give them the time
-            cancel(batch, wait_s=CANCEL_WAIT_S)
-            stopped += live
-            print(f"batch {batch.name}: cancelled {', '.join(live)}")
-    if not stopped:
+    live = {
+        batch: labels
+        for batch in batch_folders(folder)
+        if (labels := [s.label for s in status(batch) if s.state not in FINAL_STATES])
+    }
+    if not live:
         print(f"study {args.study}: nothing to cancel, every job has ended")
         return 0
-    tracker = Tracker(None, args.experiment)
+    recorded = _recorded_tracking(folder)
+    # the store is opened before any job is stopped: a wrong experiment or store is an error, not
+    # a new experiment in which no run is found to mark
+    tracker = Tracker(
+        args.tracking_uri or recorded.get("uri"),
+        args.experiment or recorded.get("experiment", "psalm"),
+        create=False,
+    )
+    stopped: list[str] = []
+    for batch, labels in live.items():
+        # a local queue's jobs end their own runs (KILLED) when stopped: give them the time
+        cancel(batch, wait_s=CANCEL_WAIT_S)
+        stopped += labels
+        print(f"batch {batch.name}: cancelled {', '.join(labels)}")
     # runs shared with other studies are found too; those a live process holds are left alone
     marked = tracker.end_cancelled(args.study, stopped, folder.parent.parent)
     if marked:
@@ -485,6 +504,12 @@ def _cancel(args: argparse.Namespace) -> int:
         f"and `python -m ablations run` again resumes the rest from their checkpoints"
     )
     return 0
+
+
+def _recorded_tracking(folder: Path) -> dict[str, str]:
+    """The MLflow store and experiment a study recorded to (``TRACKING_FILE``; empty for a study
+    run before it was written)."""
+    return _read_json(folder / TRACKING_FILE) or {}
 
 
 def _dispatched(study: str, output_dir: str) -> Path | None:
@@ -532,13 +557,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", nargs="?", help="the study's name, e.g. pyramid-default")
     p.add_argument("--output-dir", default="runs", help="the runs' output_dir (default: runs)")
     p.add_argument(
-        "--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI)"
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: the one the study recorded to, else $MLFLOW_TRACKING_URI)",
     )
     p.set_defaults(func=_status)
     p = sub.add_parser("cancel", help="stop a dispatched study's unfinished jobs", parents=[flags])
     p.add_argument("study", help="the study's name, e.g. pyramid-default")
     p.add_argument("--output-dir", default="runs", help="the runs' output_dir (default: runs)")
-    p.add_argument("--experiment", default="psalm", help="MLflow experiment (default: psalm)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: the one the study recorded to, else $MLFLOW_TRACKING_URI)",
+    )
+    p.add_argument(
+        "--experiment",
+        default=None,
+        help="MLflow experiment (default: the one the study recorded to, else psalm)",
+    )
     p.set_defaults(func=_cancel)
     p = sub.add_parser("list", help="the available studies", parents=[flags])
     p.set_defaults(func=_list)

@@ -53,6 +53,12 @@ def tracking_uri(configured: str | None = None) -> str:
     return absolute_sqlite_uri(environment or configured or DEFAULT_URI)
 
 
+def sqlite_store_exists(uri: str) -> bool:
+    """False for a ``sqlite:///`` URI whose file does not exist; True for any other store."""
+    prefix = "sqlite:///"
+    return not uri.startswith(prefix) or Path(uri.removeprefix(prefix).partition("?")[0]).exists()
+
+
 def create_sqlite_store(uri: str, artifact_root: str | Path | None = None) -> None:
     """Make a new SQLite store whole or not at all (nothing to do for an existing file or
     another kind of store).
@@ -154,16 +160,24 @@ class RunHandle:
 class Tracker:
     """MLflow access for one tracking URI and experiment."""
 
-    def __init__(self, uri: str | None = None, experiment: str = "psalm") -> None:
+    def __init__(
+        self, uri: str | None = None, experiment: str = "psalm", *, create: bool = True
+    ) -> None:
+        """``create=False``: an experiment the store lacks is an error (``ConfigError`` naming
+        the experiments there) instead of being made."""
         self.uri = tracking_uri(uri)
         try:
             check_store(self.uri)
         except (ConnectionError, ValueError) as exc:
             raise ConfigError(str(exc)) from exc
+        if not create and not sqlite_store_exists(self.uri):
+            raise ConfigError(f"no MLflow store at {self.uri} (the file does not exist)")
         try:
             create_sqlite_store(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri)
-            self.experiment_id = self._experiment(experiment)
+            self.experiment_id = self._experiment(experiment, create)
+        except ConfigError:
+            raise
         except Exception as exc:  # a bad URI, an unwritable folder, an unreachable server
             reason = next((line for line in str(exc).splitlines() if line.strip()), repr(exc))
             raise ConfigError(
@@ -171,10 +185,16 @@ class Tracker:
                 "MLFLOW_TRACKING_URI to sqlite:///<a writable path> or a running server's URL"
             ) from exc
 
-    def _experiment(self, name: str) -> str:
+    def _experiment(self, name: str, create: bool = True) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
+        if not create:
+            known = sorted(e.name for e in self.client.search_experiments())
+            raise ConfigError(
+                f"no MLflow experiment {name!r} in {self.uri} (experiments there: "
+                f"{', '.join(known) or 'none'})"
+            )
         location = None
         if self.uri.startswith("sqlite:///"):
             # keep artifacts beside the store, not in whatever folder the process started in

@@ -299,7 +299,15 @@ def test_cancel_stops_a_dispatched_study_and_ends_its_runs(
     running = status(folder)[0]
     assert running.state == "running"
 
-    assert main(["cancel", "sleepy-default", "--output-dir", str(tmp_path)]) == 0
+    # a misspelt experiment is refused before any job is stopped, and not created
+    argv = ["cancel", "sleepy-default", "--output-dir", str(tmp_path)]
+    assert main([*argv, "--experiment", "psalm-typo"]) == 2
+    err = capsys.readouterr().err
+    assert "no MLflow experiment 'psalm-typo'" in err and "Default, psalm)" in err, err
+    assert client.get_experiment_by_name("psalm-typo") is None
+    assert [s.state for s in status(folder)] == ["running", "queued"]
+
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "a/seed0" in out and "b/seed0" in out and "2 job(s) cancelled" in out, out
     statuses = wait_for(folder, progress=False, poll_s=0.2, timeout_s=30)
@@ -481,15 +489,21 @@ def test_running_a_finished_study_again_starts_nothing(
 
 @pytest.mark.slow
 def test_status_lists_the_jobs_of_a_dispatched_study(
-    pyramid_study: StudyRun, store: Store, capsys: pytest.CaptureFixture[str]
+    pyramid_study: StudyRun,
+    store: Store,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert len(pyramid_study.runs) == 2, "the study did not record its runs"
     capsys.readouterr()
+    # the study recorded its store: status reads the runs there whatever the environment says
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store.root / 'another.db'}")
     assert main(["status", pyramid_study.study, "--output-dir", str(store.outputs)]) == 0
     out = capsys.readouterr().out
     for label in ("psalm/baseline/seed0", "psalm/no_pyramid/seed0"):
         assert label in out, out
     assert "done" in out, out
+    assert "MLflow: 2 run(s): 2 FINISHED" in out, out
 
 
 @pytest.mark.slow
