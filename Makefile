@@ -19,8 +19,10 @@ DATA ?=
 #? Data each training cell trains on before DATA: synthetic | none (one stage) | auto (synthetic for DATA=video)
 PRETRAIN ?= auto
 PRETRAIN_DATA = $(if $(filter auto,$(PRETRAIN)),$(if $(filter video,$(DATA)),synthetic),$(filter-out none,$(PRETRAIN)))
-#? Model a sweep tunes: psalm | cheaf (conf/sweep/<MODEL>.yaml)
+#? Model: psalm | cheaf; what a sweep tunes (conf/sweep/<MODEL>.yaml), and, typed on the command line, the only model of train and the studies (else: both models)
 MODEL ?= psalm
+# MODEL counts for train and the studies only when typed: its default is the sweep's
+MODEL_GIVEN = $(if $(filter command line,$(origin MODEL)),$(MODEL))
 #? Optuna storage read by optuna-dashboard (a sweep's storage: setting)
 OPTUNA_STORAGE ?= sqlite:///optuna.db
 #? Port of optuna-dashboard (127.0.0.1 only)
@@ -111,7 +113,7 @@ profile: $(STAMP) ## Time each part of a training step and a test evaluation (PS
 	$(PY) -m pipeline.profile --bf16 $(ARGS)
 
 train: $(STAMP) ## One training run recorded in MLflow, e.g. ARGS="model=psalm profile=smoke seed=0"
-	$(PY) -m psalm.train $(ARGS)
+	$(PY) -m psalm.train $(if $(MODEL_GIVEN),$(call quote,model=$(MODEL))) $(ARGS)
 
 evaluate: $(STAMP) ## Evaluate a trained run (COCO AP), overrides via ARGS
 	$(PY) -m psalm.evaluate $(ARGS)
@@ -122,7 +124,7 @@ evaluate: $(STAMP) ## Evaluate a trained run (COCO AP), overrides via ARGS
 # DATA=video's is judged on ST-IoU, the drone-video metric (the study setting metric=);
 # and trained in two stages, as the source project trains: each cell on the glyphs first, then on
 # the videos from those weights (<study>-<profile>-video-from-synthetic; PRETRAIN=none: one stage)
-ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(DATA),data=$(DATA)) $(if $(filter video,$(DATA)),metric=test/st_iou) $(if $(PRETRAIN_DATA),pretrain=$(PRETRAIN_DATA))
+ablation-pyramid ablation-conv ablation-support ablations: override ARGS += $(if $(MODEL_GIVEN),$(call quote,models=[$(MODEL)])) $(if $(DATA),data=$(DATA)) $(if $(filter video,$(DATA)),metric=test/st_iou) $(if $(PRETRAIN_DATA),pretrain=$(PRETRAIN_DATA))
 ablation-pyramid: $(STAMP) ## Ablation study: no pyramid (main job); PROFILE, LAUNCHER
 	$(PY) -m ablations run pyramid profile=$(PROFILE) launcher=$(LAUNCHER) $(ARGS)
 

@@ -73,6 +73,17 @@ def test_a_sweep_without_a_model_says_so(tmp_path):
     assert result.returncode == 2 and "needs MODEL=" in result.stderr
 
 
+def test_a_typed_model_is_the_only_model_of_a_study(tmp_path):
+    """``make ablation-pyramid MODEL=cheaf`` studies CHEAF alone (MODEL's default is the
+    sweep's, so only a typed one counts); an unknown model is refused before anything runs."""
+    result = _make("ablation-pyramid", "MODEL=nosuch", "PROFILE=smoke", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "unknown model(s) ['nosuch'] in models=" in result.stderr, result.stderr
+    dry = _make("-n", "ablation-pyramid", "MODEL=cheaf", tmp_path=tmp_path).stdout
+    assert "-m ablations run pyramid" in dry and "'models=[cheaf]'" in dry, dry
+    assert "models=" not in _make("-n", "ablation-pyramid", tmp_path=tmp_path).stdout
+
+
 @pytest.mark.slow
 def test_compare_warns_when_a_and_b_are_the_same_study(tmp_path):
     result = _make("compare", "A=planted", "B=planted", f"ARGS=--out {tmp_path}", tmp_path=tmp_path)
