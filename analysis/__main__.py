@@ -115,7 +115,14 @@ def _notebook(args: argparse.Namespace) -> int:
 
     out = _out_dir(args)
     _analyze(args, args.study)  # an unknown study or metric: one line, before a kernel starts
-    notebook, page = run_notebook(args.study, out, args.tracking_uri, args.metric)
+    notebook, page = run_notebook(
+        args.study,
+        out,
+        args.tracking_uri,
+        args.metric,
+        expectations=args.expectations,
+        interval=args.interval,
+    )
     print(notebook)
     print(page)
     return 0

@@ -24,8 +24,11 @@ def run_notebook(
     tracking_uri: str | None = None,
     metric: str | None = None,
     cwd: str | Path | None = None,
+    expectations: str | Path | None = None,
+    interval: str = "t",
 ) -> tuple[Path, Path]:
-    """Execute the notebook for ``study``; returns the paths of the notebook and its HTML copy."""
+    """Execute the notebook for ``study``; returns the paths of the notebook and its HTML copy.
+    ``metric``, ``expectations`` and ``interval`` as in ``analysis.analyze_study``."""
     import nbformat
     import papermill
 
@@ -39,7 +42,14 @@ def run_notebook(
         papermill.execute_notebook(
             str(NOTEBOOK),
             str(running),
-            parameters={"study": study, "tracking_uri": tracking_uri, "metric": metric},
+            parameters={
+                "study": study,
+                "tracking_uri": tracking_uri,
+                "metric": metric,
+                # absolute: the kernel may run in another folder (``cwd``)
+                "expectations": None if expectations is None else str(Path(expectations).resolve()),
+                "interval": interval,
+            },
             cwd=str(cwd) if cwd else None,
             kernel_name="python3",
             progress_bar=False,

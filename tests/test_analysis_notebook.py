@@ -17,7 +17,7 @@ def test_notebook_is_stored_without_outputs_and_without_logic():
     assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
     parameters = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
     assert len(parameters) == 1
-    for name in ("study", "tracking_uri", "metric"):
+    for name in ("study", "tracking_uri", "metric", "expectations", "interval"):
         assert f"{name} = " in parameters[0].source
     source = "\n".join(cell.source for cell in code)
     assert "def " not in source and "class " not in source  # logic lives in analysis/
@@ -64,3 +64,22 @@ def test_make_notebook_writes_the_notebook_and_an_html_copy_beside_the_dashboard
     html = page.read_text()
     assert "opposite sign" in html and html.count("data:image/png;base64,") == 6
     assert "<script" not in html.lower() and "Content-Security-Policy" in html
+
+
+@pytest.mark.slow
+def test_the_notebook_judges_with_the_expectations_and_interval_it_is_given(tmp_path, capsys):
+    """``--expectations`` and ``--interval`` reach the notebook's verdicts (they were ignored)."""
+    pytest.importorskip("papermill")
+    from analysis.__main__ import main
+
+    expected = NOTEBOOK.parents[2] / "conf" / "expectations.yaml"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(expected.read_text().replace("psalm: [-30, -20]", "psalm: [-77, -66]"))
+    args = ["notebook", "planted", "--tracking-uri", planted_store(), "--out", str(tmp_path)]
+    assert main([*args, "--expectations", str(mine), "--interval", "normal"]) == 0
+    notebook = Path(capsys.readouterr().out.strip().splitlines()[-2])
+    nb = nbformat.read(notebook, as_version=4)
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "-77" in text and "TFA" in text, text[:3000]
+    assert "Student t" not in text
