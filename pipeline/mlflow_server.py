@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -96,8 +97,9 @@ def check_store(uri: str) -> None:
     """A ValueError for a store URI that is surely a mistake: a bare ``….db`` path, which MLflow
     would take for a folder of its file store; the file store itself (``file:…`` or a folder),
     which MLflow refuses unless ``MLFLOW_ALLOW_FILE_STORE`` is set; an in-memory SQLite store,
-    whose runs vanish with the process. A ConnectionError from ``check_server`` or
-    ``check_database``."""
+    whose runs vanish with the process; a SQLite file in a folder that does not exist, which
+    MLflow would create with every missing parent (a mistyped path made a new, empty store
+    there). A ConnectionError from ``check_server`` or ``check_database``."""
     if "://" not in uri and uri.endswith(".db"):
         raise ValueError(
             f"tracking URI {uri!r} is a file path: a SQLite store is "
@@ -117,6 +119,14 @@ def check_store(uri: str) -> None:
             f"tracking URI {uri!r} is an in-memory store: every run would be lost when the "
             "process ends; name a file, e.g. sqlite:///mlflow.db"
         )
+    if uri.startswith("sqlite:///"):
+        folder = Path(absolute_sqlite_uri(uri).removeprefix("sqlite:///").partition("?")[0]).parent
+        if not folder.is_dir():
+            raise ValueError(
+                f"tracking URI {uri!r}: the folder {folder} does not exist; create it first "
+                f"(mkdir -p {shlex.quote(str(folder))}) or fix the path (MLFLOW_TRACKING_URI, "
+                "tracking.uri or --tracking-uri)"
+            )
     check_server(uri)
     check_database(uri)
 

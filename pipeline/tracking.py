@@ -73,7 +73,7 @@ def create_sqlite_store(uri: str, artifact_root: str | Path | None = None) -> No
     if not uri.startswith(prefix):
         return
     path = Path(uri.removeprefix(prefix).partition("?")[0])
-    if path.exists() or not path.parent.is_dir():  # MLflow reports a missing folder itself
+    if path.exists() or not path.parent.is_dir():  # a missing folder: check_store refuses it
         return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 

@@ -452,6 +452,13 @@ CASES: list[tuple[str, object, Callable[[Path], list[str]], dict[str, str], str]
         {"MLFLOW_TRACKING_URI": "sqlite://"},
         "in-memory",
     ),
+    (  # MLflow made the missing folders: a mistyped path gave a new, empty store
+        "a store in a missing folder",
+        train_cli,
+        lambda t: [*SMOKE, f"output_dir={t}"],
+        {"MLFLOW_TRACKING_URI": "sqlite:////psalm-no-such-folder/runs/mlflow.db"},
+        "/psalm-no-such-folder/runs does not exist",
+    ),
     (
         "a database server that is not there",
         analysis_cli,

@@ -201,6 +201,7 @@ def test_a_relative_sqlite_store_keeps_its_artifacts_beside_it(tmp_path: Path, m
         ("sqlite://", "in-memory store"),
         ("sqlite:///:memory:", "in-memory store"),
         ("/x/mlflow.db", "is a file path"),
+        ("sqlite:////psalm-no-such-folder/runs/mlflow.db", "does not exist; create it first"),
         ("file:///x/mlruns", "MLflow's file store"),
         ("./mlruns", "MLflow's file store"),
         ("postgresql://u@127.0.0.1:{port}/db", "no database server answers at 127.0.0.1"),
